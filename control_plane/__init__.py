@@ -1,0 +1,1 @@
+"""VisionGuard control plane: the `visionguard` CLI, Triton process management, promotion."""

@@ -1,0 +1,219 @@
+"""`visionguard`: the one way to start, export, measure and test the stack."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from control_plane.settings import Settings
+
+app = typer.Typer(help="VisionGuard: Triton-backed detection and tracking.", no_args_is_help=True)
+serve_app = typer.Typer(help="Run one service in the foreground.", no_args_is_help=True)
+perf_app = typer.Typer(help="Measure serving performance.", no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
+app.add_typer(perf_app, name="perf")
+console = Console()
+
+try:  # the tracking commands (`visionguard track eval|render`)
+    from tracker_service.track_commands import app as track_app
+
+    app.add_typer(track_app, name="track", help="Evaluate and render trackers.")
+except ImportError:  # pragma: no cover - tracking module not installed
+    pass
+
+SEEDED_WARNING = ("[yellow]warning:[/] serving a seeded model built from {w}: its weights are "
+                  "random and its detections mean nothing. Pass --weights a checkpoint (for "
+                  "example yolov8n.pt on a connected machine) for real detections.")
+
+
+def ensure_model(settings: Settings, weights: str | None) -> None:
+    """Export a model into the repository if it has no version yet (or --weights is given)."""
+    from export import triton_repo
+
+    model_dir = settings.model_repository / settings.model_name
+    if triton_repo.versions(model_dir) and weights is None:
+        console.print(f"serving existing versions {triton_repo.versions(model_dir)} "
+                      f"from {model_dir}")
+        return
+    weights = weights or settings.default_weights
+    if weights.endswith((".yaml", ".yml")):
+        console.print(SEEDED_WARNING.format(w=weights))
+    from export.pipeline import export_to_repository
+
+    with console.status(f"exporting {weights} to ONNX and writing a Triton version..."):
+        result = export_to_repository(weights, settings.model_repository, imgsz=settings.imgsz,
+                                      name=settings.model_name)
+    console.print(f"exported {weights} as {settings.model_name} version {result.version}")
+
+
+def _interrupt(signum, frame) -> None:
+    # Once: a second Ctrl-C must not cut the shutdown of the children short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def gateway_env(settings: Settings) -> dict[str, str]:
+    return {**os.environ, "VG_GATEWAY_TRITON_URL": settings.triton_grpc_url,
+            "VG_GATEWAY_MODEL_NAME": settings.model_name}
+
+
+def gateway_command(settings: Settings) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "tracker_service.app:create_app", "--factory",
+            "--host", settings.host, "--port", str(settings.gateway_port),
+            "--no-access-log", "--log-level", "warning"]
+
+
+def start_stack(settings: Settings, supervisor) -> None:
+    """Start Triton, wait for the model, start the gateway, wait for it: raise on failure."""
+    import httpx
+
+    from control_plane import triton_server
+    from control_plane.processes import tail
+
+    triton_server.check_ports_free(settings.host, [
+        settings.triton_http_port, settings.triton_grpc_port, settings.triton_metrics_port,
+        settings.gateway_port])
+    triton = supervisor.start("triton", triton_server.command(settings),
+                              triton_server.server_environment())
+    try:
+        triton_server.wait_ready(settings, triton.proc, settings.startup_timeout_s,
+                                 model=settings.model_name)
+    except (RuntimeError, TimeoutError) as exc:
+        raise RuntimeError(f"{exc}\n--- {triton.log_path} ---\n{tail(triton.log_path)}") from None
+    gateway = supervisor.start("gateway", gateway_command(settings), gateway_env(settings))
+    url = f"http://{settings.host}:{settings.gateway_port}/readyz"
+    import time
+
+    deadline = time.monotonic() + settings.startup_timeout_s
+    while time.monotonic() < deadline:
+        if gateway.proc.poll() is not None:
+            raise RuntimeError(f"gateway exited\n{tail(gateway.log_path)}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise RuntimeError(f"gateway not ready at {url}\n{tail(gateway.log_path)}")
+
+
+@app.command()
+def up(
+    weights: Annotated[Optional[str], typer.Option(
+        help="Checkpoint (.pt) or architecture (.yaml) to export if the repository has no "
+             "version, or to export as a new version.")] = None,
+    gateway_port: Annotated[Optional[int], typer.Option(help="Gateway HTTP port.")] = None,
+) -> None:
+    """Start Triton and the gateway as local processes; stop both with Ctrl-C."""
+    from control_plane.processes import Supervisor
+
+    settings = Settings()
+    if gateway_port:
+        settings = replace(settings, gateway_port=gateway_port)
+    ensure_model(settings, weights)
+    supervisor = Supervisor(settings.runtime_dir / "logs")
+    # SIGTERM (and SIGINT even where a parent shell ignores it) ends `up` like Ctrl-C does.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
+    try:
+        with console.status("starting Triton and the gateway..."):
+            start_stack(settings, supervisor)
+        gw = f"http://{settings.host}:{settings.gateway_port}"
+        console.print(f"[green]up[/]  gateway {gw}  (POST {gw}/v1/detect, OpenAPI {gw}/schema, "
+                      f"metrics {gw}/metrics)")
+        console.print(f"    triton  http {settings.triton_http_url}  grpc "
+                      f"{settings.triton_grpc_url}  metrics "
+                      f"http://{settings.host}:{settings.triton_metrics_port}/metrics")
+        console.print(f"    logs    {supervisor.log_dir}    Ctrl-C stops everything")
+    except RuntimeError as exc:
+        supervisor.stop()
+        console.print(f"[red]failed to start:[/] {exc}")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        supervisor.stop()
+        raise typer.Exit(130) from None
+    try:
+        died = supervisor.wait()
+        console.print(f"[red]{died.name} exited with code {died.proc.returncode}[/]; stopping")
+        code = 1
+    except KeyboardInterrupt:
+        console.print("stopping...")
+        code = 0
+    supervisor.stop()
+    console.print("stopped")
+    raise typer.Exit(code)
+
+
+@app.command("export")
+def export_cmd(
+    weights: Annotated[str, typer.Argument(help="Checkpoint (.pt) or architecture (.yaml).")],
+    target: Annotated[str, typer.Option(help="cpu (python backend + onnxruntime) or gpu "
+                                              "(TensorRT plan ensemble).")] = "cpu",
+    version: Annotated[Optional[int], typer.Option(help="Version number; default next.")] = None,
+    imgsz: Annotated[int, typer.Option(help="Max input side (multiple of 32).")] = 640,
+    repo: Annotated[Optional[Path], typer.Option(help="Model repository.")] = None,
+) -> None:
+    """Export a checkpoint into the Triton model repository as a new version."""
+    from export.pipeline import export_to_repository
+
+    settings = Settings()
+    if target not in ("cpu", "gpu"):
+        raise typer.BadParameter("target must be cpu or gpu")
+    with console.status(f"exporting {weights} ({target})..."):
+        result = export_to_repository(weights, repo or settings.model_repository,
+                                      version=version, target=target, imgsz=imgsz,
+                                      name=settings.model_name)
+    console.print(f"wrote {result.version_dir} ({len(result.names)} classes)")
+
+
+@serve_app.command("gateway")
+def serve_gateway(
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8080,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+) -> None:
+    """Run the gateway alone (Triton given by VG_GATEWAY_TRITON_URL)."""
+    import uvicorn
+
+    uvicorn.run("tracker_service.app:create_app", factory=True, host=host, port=port,
+                access_log=False)
+
+
+@perf_app.command("triton")
+def perf_triton(
+    concurrency: Annotated[str, typer.Option(help="Range start:end:step.")] = "1:4:1",
+    shape: Annotated[str, typer.Option(help="Input H,W,C for `images`.")] = "480,640,3",
+    measurement_ms: Annotated[int, typer.Option(help="Window per measurement.")] = 5000,
+    shared_memory: Annotated[str, typer.Option(help="none or system.")] = "none",
+    out: Annotated[Path, typer.Option(help="CSV written by perf_analyzer.")] = Path(
+        "bench/results/perf_triton.csv"),
+) -> None:
+    """Run perf_analyzer against the served model over a concurrency range; print a table."""
+    from control_plane import perf
+
+    settings = Settings()
+    rows = perf.run_perf_analyzer(settings, concurrency=concurrency, shape=shape,
+                                  measurement_ms=measurement_ms, shared_memory=shared_memory,
+                                  csv_path=out, console=console)
+    perf.print_table(rows, console)
+    console.print(f"CSV: {out}")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def test(ctx: typer.Context) -> None:
+    """Run the test suite (pytest); extra arguments go to pytest."""
+    settings = Settings()
+    code = subprocess.call([sys.executable, "-m", "pytest", *ctx.args], cwd=settings.root)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()

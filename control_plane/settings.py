@@ -1,0 +1,46 @@
+"""Control-plane settings: one object, read from `VG_*` environment variables.
+
+Nothing else in control_plane reads os.environ.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    root: Path = ROOT
+    model_repository: Path = field(
+        default_factory=lambda: Path(_env("VG_MODEL_REPOSITORY", str(ROOT / "model_repository"))))
+    runtime_dir: Path = field(
+        default_factory=lambda: Path(_env("VG_RUNTIME_DIR", str(ROOT / ".visionguard"))))
+    model_name: str = field(default_factory=lambda: _env("VG_MODEL_NAME", "detector"))
+    host: str = field(default_factory=lambda: _env("VG_HOST", "127.0.0.1"))
+    triton_http_port: int = field(default_factory=lambda: int(_env("VG_TRITON_HTTP_PORT", "8000")))
+    triton_grpc_port: int = field(default_factory=lambda: int(_env("VG_TRITON_GRPC_PORT", "8001")))
+    triton_metrics_port: int = field(
+        default_factory=lambda: int(_env("VG_TRITON_METRICS_PORT", "8002")))
+    gateway_port: int = field(default_factory=lambda: int(_env("VG_GATEWAY_PORT", "8080")))
+    # Default weights for `up` when the repository has no version: the architecture file gives
+    # a seeded model whose detections mean nothing (a warning says so).
+    default_weights: str = field(default_factory=lambda: _env("VG_WEIGHTS", "yolov8n.yaml"))
+    imgsz: int = field(default_factory=lambda: int(_env("VG_IMGSZ", "640")))
+    startup_timeout_s: float = field(
+        default_factory=lambda: float(_env("VG_STARTUP_TIMEOUT_S", "180")))
+
+    @property
+    def triton_grpc_url(self) -> str:
+        return f"{self.host}:{self.triton_grpc_port}"
+
+    @property
+    def triton_http_url(self) -> str:
+        return f"http://{self.host}:{self.triton_http_port}"

@@ -1,0 +1,130 @@
+"""Run the real Triton server bundled in `nvidia-pytriton` (python backend only, CPU).
+
+The wheel ships `tritonserver`, the python backend and one backend stub per Python version; we
+assemble a backend directory for this interpreter under the runtime folder rather than write
+into site-packages. The stub finds numpy and onnxruntime through the environment it inherits, so
+Triton starts with this virtual environment's PATH and VIRTUAL_ENV.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import httpx
+
+from control_plane.settings import Settings
+
+
+class TritonNotFound(RuntimeError):
+    pass
+
+
+def pytriton_dir() -> Path:
+    try:
+        import pytriton
+    except ImportError as exc:
+        raise TritonNotFound("nvidia-pytriton is not installed (extra `triton`)") from exc
+    return Path(pytriton.__file__).resolve().parent
+
+
+def prepare_backends(runtime_dir: Path) -> Path:
+    """Backend directory with the python backend and the stub for this Python version."""
+    src = pytriton_dir() / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = src / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.exists():
+        raise TritonNotFound(f"no python backend stub for Python {version} in {stub.parent}")
+    backends = runtime_dir / "triton" / "backends"
+    python_backend = backends / "python"
+    python_backend.mkdir(parents=True, exist_ok=True)
+    for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+        link = python_backend / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(src / "backends" / "python" / name)
+    target = python_backend / "triton_python_backend_stub"
+    if not target.exists() or target.stat().st_size != stub.stat().st_size:
+        shutil.copy2(stub, target)
+    return backends
+
+
+def server_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    venv = Path(sys.prefix)
+    env["VIRTUAL_ENV"] = str(venv)
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    libs = [str(pytriton_dir().parent / "nvidia_pytriton.libs")]
+    libdir = sysconfig.get_config_var("LIBDIR")  # this interpreter's libpython, for the stub
+    if libdir:
+        libs.append(libdir)
+    if env.get("LD_LIBRARY_PATH"):
+        libs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(libs)
+    env.pop("PYTHONPATH", None)
+    # model.py is imported from the repository: leave no __pycache__ in version folders.
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def check_ports_free(host: str, ports: list[int]) -> None:
+    """Fail early if a port is taken: otherwise a stale server would answer our readiness probe."""
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                raise RuntimeError(f"port {host}:{port} is already in use (another Triton or "
+                                   "gateway still running?)") from None
+
+
+def command(settings: Settings, models: list[str] | None = None) -> list[str]:
+    backends = prepare_backends(settings.runtime_dir)
+    binary = pytriton_dir() / "tritonserver" / "bin" / "tritonserver"
+    cmd = [
+        str(binary),
+        f"--model-repository={settings.model_repository}",
+        "--model-control-mode=explicit",
+        f"--backend-directory={backends}",
+        f"--http-port={settings.triton_http_port}",
+        f"--grpc-port={settings.triton_grpc_port}",
+        f"--metrics-port={settings.triton_metrics_port}",
+        f"--http-address={settings.host}",
+        f"--grpc-address={settings.host}",
+        "--allow-metrics=true",
+        "--allow-gpu-metrics=false",
+        # 16 MiB per stub keeps a 640x640 batch of 8 from growing shared memory mid-request.
+        "--backend-config=python,shm-default-byte-size=16777216",
+        "--log-info=false",
+        "--exit-on-error=false",
+        "--strict-readiness=false",
+    ]
+    for model in models if models is not None else [settings.model_name]:
+        cmd.append(f"--load-model={model}")
+    return cmd
+
+
+def wait_ready(settings: Settings, proc: subprocess.Popen | None, timeout_s: float,
+               model: str | None = None) -> None:
+    """Wait until the server (and `model`, if given) is ready; raise if it exits or times out."""
+    url = f"{settings.triton_http_url}/v2/health/ready"
+    if model:
+        url = f"{settings.triton_http_url}/v2/models/{model}/ready"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"tritonserver exited with code {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"Triton not ready at {url} after {timeout_s:.0f}s")

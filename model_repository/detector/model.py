@@ -1,0 +1,149 @@
+"""Triton python-backend detector: runs the exported ONNX file with onnxruntime on the CPU.
+
+Export copies this file into every version folder beside `model.onnx`, so each version is
+self-contained and an older one keeps serving unchanged after a newer one is promoted.
+
+Tensor contract (shared with the GPU ensemble, so the gateway never knows which serves):
+  in   images          UINT8 [B, H, W, 3]  RGB, letterboxed, H and W multiples of the stride
+  in   conf_threshold  FP32  [B, 1]        optional, default from config parameters
+  in   iou_threshold   FP32  [B, 1]        optional
+  in   max_det         INT32 [B, 1]        optional
+  in   return_raw      BOOL  [B, 1]        optional: also return the raw head output (parity)
+  out  detections      FP32  [B, K, 6]     x1, y1, x2, y2 (letterboxed pixels), score, class
+  out  num_detections  INT32 [B, 1]        valid rows of `detections` per image
+  out  raw             FP32  [B, C, N]     raw head output when return_raw, else [B, 0, 0]
+
+The same file serves as `detector_postprocess` in the GPU ensemble: when the config's input is
+`raw` (the TensorRT plan's output) it only runs NMS.
+
+Normalisation (uint8 -> float / 255, NHWC -> NCHW) is inside the ONNX graph, so a quarter of the
+bytes cross the wire; NMS runs here, so only K x 6 floats come back instead of C x N.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+MAX_WH = 7680.0  # class offset for batched per-class NMS, as Ultralytics does
+MAX_NMS = 30000  # candidates kept (by score) before NMS
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS over xyxy boxes; returns kept indices, highest score first."""
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = (x2 - x1) * (y2 - y1)
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
+        h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
+        inter = w * h
+        iou = inter / (areas[i] + areas[rest] - inter + 1e-9)
+        order = rest[iou <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def postprocess(raw: np.ndarray, conf: float, iou: float, max_det: int) -> np.ndarray:
+    """One image's raw head output [4 + nc, N] -> [K, 6] detections, Ultralytics semantics."""
+    class_scores = raw[4:]
+    cls = class_scores.argmax(0)
+    score = class_scores[cls, np.arange(class_scores.shape[1])]
+    keep = score > conf
+    if not keep.any():
+        return np.zeros((0, 6), np.float32)
+    xywh, score, cls = raw[:4, keep].T, score[keep], cls[keep]
+    if score.size > MAX_NMS:
+        top = np.argsort(-score, kind="stable")[:MAX_NMS]
+        xywh, score, cls = xywh[top], score[top], cls[top]
+    boxes = np.empty_like(xywh)
+    boxes[:, :2] = xywh[:, :2] - xywh[:, 2:] / 2
+    boxes[:, 2:] = xywh[:, :2] + xywh[:, 2:] / 2
+    kept = nms(boxes + cls[:, None] * MAX_WH, score, iou)[:max_det]
+    return np.concatenate(
+        [boxes[kept], score[kept, None], cls[kept, None].astype(np.float32)], axis=1
+    ).astype(np.float32)
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.default_conf = float(params.get("conf_threshold", "0.25"))
+        self.default_iou = float(params.get("iou_threshold", "0.7"))
+        self.default_max_det = int(params.get("max_det", "300"))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning threads would steal the cores the gateway needs to decode the next image.
+        spin = params.get("allow_spinning", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        self.postprocess_only = any(i["name"] == "raw" for i in config["input"])
+        if self.postprocess_only:
+            return
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.session = ort.InferenceSession(
+            str(version_dir / "model.onnx"), options, providers=["CPUExecutionProvider"]
+        )
+        self.input_name = self.session.get_inputs()[0].name
+
+    def _optional(self, request, name: str, default, count: int) -> np.ndarray:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is None:
+            return np.full(count, default)
+        return tensor.as_numpy().reshape(-1)
+
+    def _raw_outputs(self, requests) -> list[np.ndarray]:
+        if self.postprocess_only:
+            return [pb_utils.get_input_tensor_by_name(r, "raw").as_numpy() for r in requests]
+        # Requests of one dynamic batch share a shape when the batcher grouped them; run them
+        # through onnxruntime together, then post-process each with its own thresholds.
+        arrays = [pb_utils.get_input_tensor_by_name(r, "images").as_numpy() for r in requests]
+        sizes = [a.shape[0] for a in arrays]
+        shapes = {a.shape[1:] for a in arrays}
+        if len(shapes) == 1:
+            raws = np.split(self.session.run(None, {self.input_name: np.concatenate(arrays)})[0],
+                            np.cumsum(sizes)[:-1])
+        else:
+            raws = [self.session.run(None, {self.input_name: a})[0] for a in arrays]
+        return raws
+
+    def execute(self, requests):
+        raws = self._raw_outputs(requests)
+        responses = []
+        for request, raw in zip(requests, raws):
+            n = raw.shape[0]
+            conf = self._optional(request, "conf_threshold", self.default_conf, n)
+            iou = self._optional(request, "iou_threshold", self.default_iou, n)
+            max_det = self._optional(request, "max_det", self.default_max_det, n)
+            want_raw = self._optional(request, "return_raw", False, n)
+            if not (np.all(np.isfinite(raw))):
+                responses.append(pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError("model produced non-finite outputs")))
+                continue
+            dets = [postprocess(raw[i], float(conf[i]), float(iou[i]), int(max_det[i]))
+                    for i in range(n)]
+            k = max((d.shape[0] for d in dets), default=0)
+            out = np.zeros((n, k, 6), np.float32)
+            for i, d in enumerate(dets):
+                out[i, : d.shape[0]] = d
+            counts = np.array([[d.shape[0]] for d in dets], np.int32)
+            outputs = [pb_utils.Tensor("detections", out),
+                       pb_utils.Tensor("num_detections", counts)]
+            if not self.postprocess_only:
+                raw_out = raw if bool(np.any(want_raw)) else np.zeros((n, 0, 0), np.float32)
+                outputs.append(pb_utils.Tensor("raw", np.ascontiguousarray(raw_out, np.float32)))
+            responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
+        return responses
+
+    def finalize(self) -> None:
+        self.session = None  # releases onnxruntime's arena before the stub exits

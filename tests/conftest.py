@@ -1,0 +1,116 @@
+"""Shared fixtures: a seeded model exported once, and the real stack started by `visionguard up`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ultralytics_assets() -> Path:
+    import ultralytics
+
+    return Path(ultralytics.__file__).parent / "assets"
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def stack_env(repo: Path, runtime: Path) -> dict[str, str]:
+    http, grpc, metrics, gateway = free_ports(4)
+    return {
+        **os.environ,
+        "VG_MODEL_REPOSITORY": str(repo),
+        "VG_RUNTIME_DIR": str(runtime),
+        "VG_TRITON_HTTP_PORT": str(http),
+        "VG_TRITON_GRPC_PORT": str(grpc),
+        "VG_TRITON_METRICS_PORT": str(metrics),
+        "VG_GATEWAY_PORT": str(gateway),
+    }
+
+
+def settings_from(env: dict[str, str]):
+    from control_plane.settings import Settings
+
+    return Settings(
+        model_repository=Path(env["VG_MODEL_REPOSITORY"]),
+        runtime_dir=Path(env["VG_RUNTIME_DIR"]),
+        triton_http_port=int(env["VG_TRITON_HTTP_PORT"]),
+        triton_grpc_port=int(env["VG_TRITON_GRPC_PORT"]),
+        triton_metrics_port=int(env["VG_TRITON_METRICS_PORT"]),
+        gateway_port=int(env["VG_GATEWAY_PORT"]),
+    )
+
+
+@pytest.fixture(scope="session")
+def seeded_repo(tmp_path_factory) -> Path:
+    """A model repository holding yolov8n.yaml (seed 0) exported as detector version 1."""
+    from export.pipeline import export_to_repository
+
+    repo = tmp_path_factory.mktemp("model_repository")
+    export_to_repository("yolov8n.yaml", repo, version=1, seed=0)
+    return repo
+
+
+@dataclass
+class Stack:
+    settings: object
+    env: dict[str, str]
+    proc: subprocess.Popen
+    gateway_url: str
+
+
+@pytest.fixture(scope="session")
+def stack(seeded_repo, tmp_path_factory):
+    """`visionguard up` as a user runs it; stopped with SIGINT (Ctrl-C) at the end."""
+    env = stack_env(seeded_repo, tmp_path_factory.mktemp("runtime"))
+    settings = settings_from(env)
+    log = tmp_path_factory.mktemp("logs") / "up.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "control_plane", "up"], env=env,
+                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{settings.gateway_port}"
+    deadline = time.monotonic() + 240
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"visionguard up exited {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"stack not ready:\n{log.read_text()}")
+        time.sleep(0.5)
+    yield Stack(settings, env, proc, url)
+    # Ctrl-C stops Triton, its python-backend stubs and the gateway: nothing keeps the ports.
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 0, log.read_text()
+    for port in (settings.triton_http_port, settings.triton_grpc_port, settings.gateway_port):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served"
+
+
+@pytest.fixture(scope="session")
+def bus_jpg() -> bytes:
+    return (ultralytics_assets() / "bus.jpg").read_bytes()

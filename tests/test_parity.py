@@ -1,0 +1,88 @@
+"""Parity with Ultralytics: raw head output through the real Triton, and NMS semantics.
+
+The model is seeded from yolov8n.yaml: its class scores are near-equal random values, so NMS on
+it can pick different boxes for differences of 1e-6. As the serving issue prescribes, the raw
+tensors before NMS are compared here (max |diff| <= 1e-4 x output range), and NMS is compared
+separately on inputs with distinct scores.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+from ultralytics.data.augment import LetterBox
+from ultralytics.utils.nms import non_max_suppression
+
+from export.onnx_export import load_yolo
+from export.triton_repo import REPO_TEMPLATES
+from tests.conftest import ultralytics_assets
+from tracker_service.letterbox import letterbox
+
+
+def load_model_py():
+    """The python-backend file, imported outside Triton for its pure NMS functions."""
+    import sys
+    import types
+
+    sys.modules.setdefault("triton_python_backend_utils", types.ModuleType("pb_utils_stub"))
+    spec = importlib.util.spec_from_file_location("detector_model",
+                                                  REPO_TEMPLATES / "detector" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def triton_raw(settings, rgb: np.ndarray) -> np.ndarray:
+    client = grpcclient.InferenceServerClient(settings.triton_grpc_url)
+    images = grpcclient.InferInput("images", [1, *rgb.shape], "UINT8")
+    images.set_data_from_numpy(rgb[None])
+    flag = grpcclient.InferInput("return_raw", [1, 1], "BOOL")
+    flag.set_data_from_numpy(np.array([[True]]))
+    result = client.infer("detector", [images, flag])
+    return result.as_numpy("raw")[0]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("image", ["bus.jpg", "zidane.jpg"])
+def test_raw_output_through_triton_matches_ultralytics(stack, image):
+    bgr = cv2.imread(str(ultralytics_assets() / image))
+    rgb, _ = letterbox(bgr, 640, 32)
+    served = triton_raw(stack.settings, rgb)
+
+    yolo = load_yolo("yolov8n.yaml", seed=0)
+    model = yolo.model.float().eval()
+    prepared = LetterBox(640, auto=True, stride=32)(image=bgr)[..., ::-1]  # predictor's input
+    x = torch.from_numpy(np.ascontiguousarray(prepared)).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        reference = model(x)[0][0].numpy()
+
+    assert served.shape == reference.shape
+    span = float(reference.max() - reference.min())
+    assert np.abs(served - reference).max() <= 1e-4 * span
+
+
+def test_nms_matches_ultralytics_on_distinct_scores():
+    model_py = load_model_py()
+    rng = np.random.default_rng(0)
+    nc, n = 5, 400
+    centres = rng.uniform(50, 590, (n, 2))
+    sizes = rng.uniform(10, 120, (n, 2))
+    scores = rng.uniform(0, 1, (n, nc)) ** 3  # distinct, most below the threshold
+    raw = np.concatenate([centres, sizes, scores], axis=1).T.astype(np.float32)  # [4+nc, n]
+    for conf, iou, max_det in [(0.25, 0.7, 300), (0.1, 0.45, 20), (0.5, 0.3, 300)]:
+        ours = model_py.postprocess(raw, conf, iou, max_det)
+        theirs = non_max_suppression(torch.from_numpy(raw[None]), conf, iou,
+                                     max_det=max_det)[0].numpy()
+        assert ours.shape == theirs.shape and len(ours) > 0
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-4)
+
+
+def test_nms_keeps_nothing_below_threshold():
+    model_py = load_model_py()
+    raw = np.zeros((84, 100), np.float32)
+    assert model_py.postprocess(raw, 0.25, 0.7, 300).shape == (0, 6)

@@ -1,0 +1,1 @@
+"""VisionGuard gateway: decode, letterbox, Triton, tracking per stream."""

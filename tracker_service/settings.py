@@ -1,0 +1,34 @@
+"""Gateway settings: one object, read from `VG_GATEWAY_*` environment variables.
+
+Every limit the gateway enforces is here, with its default; nothing else reads os.environ.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"VG_GATEWAY_{name}", default)
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    triton_grpc_url: str = field(default_factory=lambda: _env("TRITON_URL", "127.0.0.1:8001"))
+    model_name: str = field(default_factory=lambda: _env("MODEL_NAME", "detector"))
+    # Request limits.
+    max_body_bytes: int = field(default_factory=lambda: int(_env("MAX_BODY_BYTES", str(20 << 20))))
+    max_pixels: int = field(default_factory=lambda: int(_env("MAX_PIXELS", str(50_000_000))))
+    # Admission control: requests admitted at once (decoding, waiting or in Triton); one more
+    # gets 429. Triton calls in flight are bounded separately so batches can form without
+    # flooding Triton's queue.
+    max_pending: int = field(default_factory=lambda: int(_env("MAX_PENDING", "32")))
+    max_triton_in_flight: int = field(
+        default_factory=lambda: int(_env("MAX_TRITON_IN_FLIGHT", "8")))
+    triton_timeout_s: float = field(default_factory=lambda: float(_env("TRITON_TIMEOUT_S", "10")))
+    retry_after_s: int = field(default_factory=lambda: int(_env("RETRY_AFTER_S", "2")))
+    # Input size fed to the model (longest side); the letterbox pads to the stride.
+    imgsz: int = field(default_factory=lambda: int(_env("IMGSZ", "640")))
+    # Send tensors through Triton's system shared memory (gateway and Triton on one host).
+    shared_memory: bool = field(default_factory=lambda: _env("SHARED_MEMORY", "0") == "1")
