@@ -230,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
             "deepsort_embeddings": "constant unit vectors (speed only; no images in MOT15 here)",
             "trackers": {n: {"frames_per_second": fps[n], "tud": acc[n]} for n in timed},
         }
-        table = Table(title=f"MOT15: f/s over {len(seqs)} sequences ({n_frames} frames); accuracy on TUD-Campus + TUD-Stadtmitte")
+        table = Table(
+            title=f"MOT15: f/s over {len(seqs)} sequences ({n_frames} frames); "
+            "accuracy on TUD-Campus + TUD-Stadtmitte"
+        )
         for col in ("tracker", "f/s", "MOTA", "IDF1", "IDsw", "FP", "FN", "MOTP", "HOTA"):
             table.add_column(col, justify="left" if col == "tracker" else "right")
         for n in timed:
@@ -251,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"synthetic crossings, seeds {args.seeds}")
     syn, embed_ms = synthetic_accuracy(names, args.seeds)
     result["synthetic"] = {"seeds": args.seeds, "embedder_ms_per_frame": embed_ms, "trackers": syn}
-    table = Table(title=f"Synthetic crossings (seeds {args.seeds}); DeepSORT with HistogramEmbedder ({embed_ms:.2f} ms/frame)")
+    table = Table(
+        title=f"Synthetic crossings (seeds {args.seeds}); "
+        f"DeepSORT with HistogramEmbedder ({embed_ms:.2f} ms/frame)"
+    )
     for col in ("tracker", "MOTA", "IDF1", "IDsw", "FP", "FN"):
         table.add_column(col, justify="left" if col == "tracker" else "right")
     for n, a in syn.items():

@@ -161,17 +161,26 @@ def export_cmd(
     version: Annotated[Optional[int], typer.Option(help="Version number; default next.")] = None,
     imgsz: Annotated[int, typer.Option(help="Max input side (multiple of 32).")] = 640,
     repo: Annotated[Optional[Path], typer.Option(help="Model repository.")] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Triton max_batch_size.")] = 8,
+    max_queue_delay_us: Annotated[Optional[int], typer.Option(
+        help="Dynamic batcher delay; default 0 on cpu, 1000 on gpu.")] = None,
+    instances: Annotated[int, typer.Option(help="Model instances.")] = 1,
 ) -> None:
     """Export a checkpoint into the Triton model repository as a new version."""
     from export.pipeline import export_to_repository
+    from export.triton_repo import BatchingConfig
 
     settings = Settings()
     if target not in ("cpu", "gpu"):
         raise typer.BadParameter("target must be cpu or gpu")
     with console.status(f"exporting {weights} ({target})..."):
+        delay = max_queue_delay_us if max_queue_delay_us is not None else (
+            0 if target == "cpu" else 1000)
+        batching = BatchingConfig(max_batch_size=max_batch_size, max_queue_delay_us=delay,
+                                  instances=instances)
         result = export_to_repository(weights, repo or settings.model_repository,
                                       version=version, target=target, imgsz=imgsz,
-                                      name=settings.model_name)
+                                      batching=batching, name=settings.model_name)
     console.print(f"wrote {result.version_dir} ({len(result.names)} classes)")
 
 
@@ -190,7 +199,8 @@ def serve_gateway(
 @perf_app.command("triton")
 def perf_triton(
     concurrency: Annotated[str, typer.Option(help="Range start:end:step.")] = "1:4:1",
-    shape: Annotated[str, typer.Option(help="Input H,W,C for `images`.")] = "480,640,3",
+    shape: Annotated[Optional[str], typer.Option(
+        help="Input H,W,C for `images`; default: bus.jpg letterboxed (640,480,3).")] = None,
     measurement_ms: Annotated[int, typer.Option(help="Window per measurement.")] = 5000,
     shared_memory: Annotated[str, typer.Option(help="none or system.")] = "none",
     out: Annotated[Path, typer.Option(help="CSV written by perf_analyzer.")] = Path(

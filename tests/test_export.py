@@ -47,7 +47,7 @@ def test_version_folder_is_complete_and_configs_parse(seeded_repo):
     cfg = parse((seeded_repo / "detector" / "config.pbtxt").read_text())
     assert cfg.backend == "python" and cfg.max_batch_size == 8
     assert list(cfg.dynamic_batching.preferred_batch_size) == [2, 4, 8]
-    assert cfg.dynamic_batching.max_queue_delay_microseconds == 2000
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 0
     assert [i.name for i in cfg.input][:1] == ["images"]
     assert cfg.input[0].data_type == model_config_pb2.TYPE_UINT8
     assert [o.name for o in cfg.output] == ["detections", "num_detections", "raw"]

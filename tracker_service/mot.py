@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .tracking import Tracker
+from .tracking.association import iou_matrix
 from .tracking.columns import DET_COLUMNS, OUT_CLASS, OUT_ID, OUT_SCORE
 
 __all__ = [
@@ -130,7 +132,7 @@ def write_mot(path: str | Path, rows: np.ndarray) -> None:
 
 
 def run_tracker(
-    tracker, frames: Iterable[np.ndarray], embed: Callable[[int, np.ndarray], np.ndarray] | None = None
+    tracker: Tracker, frames: Iterable[np.ndarray], embed: Callable[[int, np.ndarray], np.ndarray] | None = None
 ) -> np.ndarray:
     """Feed per-frame detections to ``tracker``; all its output as MOTChallenge rows.
 
@@ -185,10 +187,7 @@ def _per_frame(gt: np.ndarray, res: np.ndarray) -> list[tuple[np.ndarray, np.nda
 
 
 def _iou_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    from .tracking.association import iou_matrix
-
-    to_xyxy = lambda v: np.c_[v[:, :2], v[:, :2] + v[:, 2:4]]  # noqa: E731
-    return iou_matrix(to_xyxy(a), to_xyxy(b))
+    return iou_matrix(np.c_[a[:, :2], a[:, :2] + a[:, 2:4]], np.c_[b[:, :2], b[:, :2] + b[:, 2:4]])
 
 
 def _accumulate(frames: list, iou_threshold: float):

@@ -84,7 +84,9 @@ class Tracker(Protocol):
         ...
 
 
-_BYTE = dict(det_thresh=0.6, low_thresh=0.1, new_track_thresh=0.7, max_age=30)
+# ByteTrack's thresholds (paper: tau = 0.6, low 0.1, new tracks tau + 0.1; lost kept 30 frames),
+# with pairs under the IoU threshold priced out before solving as its ``cost_limit`` does.
+_BYTE = dict(det_thresh=0.6, low_thresh=0.1, new_track_thresh=0.7, max_age=30, gate_first=True)
 
 #: name -> (class, keyword arguments). ``make_tracker`` overrides on top of these.
 PRESETS: dict[str, tuple[type, dict[str, Any]]] = {

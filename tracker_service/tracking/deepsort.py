@@ -176,12 +176,13 @@ class DeepSortTracker:
     def _appearance_cost(self, emb: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Smallest cosine distance from each detection to each track's gallery: (dets, rows)."""
         t = self.tracks
-        counts = np.minimum(t.n_features[rows], self.budget)
-        depth = int(counts.max())
-        gallery = t.gallery[rows, :depth]  # (T, depth, D)
-        sim = (gallery.reshape(-1, gallery.shape[-1]) @ emb.T).reshape(len(rows), depth, len(emb))
-        sim[np.arange(depth)[None, :] >= counts[:, None]] = -np.inf
-        return (1.0 - sim.max(axis=1)).T.astype(np.float64)
+        n, budget, dim = t.gallery.shape
+        # One product against every stored embedding (a view of the whole gallery, no copy),
+        # then keep the rows asked for and the filled slots.
+        sim = (t.gallery.reshape(n * budget, dim) @ emb.T).reshape(n, budget, len(emb))[rows]
+        filled = np.arange(budget)[None, :] < np.minimum(t.n_features[rows], budget)[:, None]
+        best = np.where(filled[:, :, None], sim, -np.inf).max(axis=1)  # (rows, dets)
+        return (1.0 - best.T).astype(np.float64)
 
     def _remember(self, rows: np.ndarray, emb: np.ndarray) -> None:
         t = self.tracks

@@ -48,6 +48,12 @@ class SortTracker:
         report: ``"kalman"`` reports the filtered box (SORT), ``"detection"`` the matched
             detection's box (OC-SORT).
         class_aware: match detections only to tracks of the same class.
+        coast: frames a lost track is still reported at its prediction (see ``Lifecycle``).
+        motion: Kalman parametrisation, ``"xysr"`` (SORT), ``"xyah"`` (DeepSORT) or
+            ``"xywh"`` (BoT-SORT).
+        tentative_max_age: misses a tentative track survives (``None``: ``max_age``).
+        gate_first: price pairs under ``iou_threshold`` out before solving (ByteTrack's
+            ``cost_limit``) instead of solving on raw IoU and dropping them after (SORT).
     """
 
     def __init__(
@@ -70,6 +76,7 @@ class SortTracker:
         coast: int = 0,
         motion: str = "xysr",
         tentative_max_age: int | None = None,
+        gate_first: bool = False,
     ) -> None:
         if report not in ("kalman", "detection"):
             raise ValueError(f"report must be 'kalman' or 'detection', not {report!r}")
@@ -89,9 +96,7 @@ class SortTracker:
         self.oru = oru
         self.report = report
         self.class_aware = class_aware
-        # Reference SORT solves on the raw IoU and drops weak pairs afterwards; the variants
-        # price forbidden pairs first so a weak pair never displaces a valid one.
-        self._gate_first = not reconfirm
+        self.gate_first = gate_first
         dim = self.motion.dim
         extra: dict = {"x": ((dim,), np.float64), "P": ((dim, dim), np.float64), "obs": ((4,), np.float64)}
         if oru:
@@ -142,7 +147,7 @@ class SortTracker:
             cost = -(iou + self.inertia * scores[high, None] * bonus)
         else:
             cost = -iou
-        pairs, free_det, free_trk = assign(cost, iou >= self.iou_threshold, gate_first=self._gate_first)
+        pairs, free_det, free_trk = assign(cost, iou >= self.iou_threshold, gate_first=self.gate_first)
         det_rows = [high[pairs[:, 0]]]
         trk_rows = [pairs[:, 1]]
         free_det = high[free_det]

@@ -24,7 +24,8 @@ class TrackState(IntEnum):
 
     TENTATIVE = 1  #: born, not yet matched ``min_hits`` frames in a row: not shown
     CONFIRMED = 2  #: matched long enough; shown on every frame it is matched
-    LOST = 3  #: confirmed, then missed: kept (predicted) for up to ``max_age`` frames, not shown
+    LOST = 3  #: confirmed, then missed: kept (predicted) for up to ``max_age`` frames; shown
+    #: only for ``coast`` frames, at its predicted box
     REMOVED = 4  #: gone for good; dropped from the table at the end of the frame
 
 
