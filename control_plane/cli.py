@@ -20,7 +20,7 @@ serve_app = typer.Typer(help="Run one service in the foreground.", no_args_is_he
 perf_app = typer.Typer(help="Measure serving performance.", no_args_is_help=True)
 app.add_typer(serve_app, name="serve")
 app.add_typer(perf_app, name="perf")
-console = Console()
+console = Console(soft_wrap=True)  # no hard wraps: URLs stay copyable in logs
 
 try:  # the tracking commands (`visionguard track eval|render`)
     from tracker_service.track_commands import app as track_app

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,11 +94,10 @@ def stack(seeded_repo, tmp_path_factory):
     while True:
         if proc.poll() is not None:
             pytest.fail(f"visionguard up exited {proc.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
+        # Ready when `up` has printed its URLs (after its own readiness checks), as a user sees.
+        if "Ctrl-C stops everything" in log.read_text(errors="replace"):
+            assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+            break
         if time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"stack not ready:\n{log.read_text()}")
@@ -109,6 +109,31 @@ def stack(seeded_repo, tmp_path_factory):
     for port in (settings.triton_http_port, settings.triton_grpc_port, settings.gateway_port):
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served"
+
+
+@contextmanager
+def gateway_process(stack: Stack, log_dir: Path, **settings: str):
+    """One more real gateway process on the shared Triton, with VG_GATEWAY_* overrides."""
+    from control_plane.processes import Supervisor
+
+    (port,) = free_ports(1)
+    env = {**os.environ, "VG_GATEWAY_TRITON_URL": stack.settings.triton_grpc_url,
+           **{f"VG_GATEWAY_{k.upper()}": v for k, v in settings.items()}}
+    with Supervisor(log_dir) as supervisor:
+        child = supervisor.start("gateway", [sys.executable, "-m", "control_plane", "serve",
+                                             "gateway", "--port", str(port)], env)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if child.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"gateway did not start:\n{child.log_path.read_text()}")
+            time.sleep(0.2)
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from PIL import Image
 
 from control_plane import triton_server
 from control_plane.processes import Supervisor
-from tests.conftest import free_ports, ultralytics_assets
+from tests.conftest import free_ports, gateway_process
 from tracker_service.app import create_app
 from tracker_service.settings import GatewaySettings
 
@@ -171,25 +171,8 @@ async def test_limits_are_configurable(stack, bus_jpg):
 @pytest.fixture
 def small_gateway(stack, tmp_path):
     """A second real gateway process, with tight admission limits, on the shared Triton."""
-    import os
-    import sys
-
-    (port,) = free_ports(1)
-    env = {**os.environ, "VG_GATEWAY_TRITON_URL": stack.settings.triton_grpc_url,
-           "VG_GATEWAY_MAX_PENDING": "2", "VG_GATEWAY_MAX_TRITON_IN_FLIGHT": "1"}
-    supervisor = Supervisor(tmp_path)
-    child = supervisor.start("gateway", [sys.executable, "-m", "control_plane", "serve",
-                                         "gateway", "--port", str(port)], env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and child.proc.poll() is None:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    yield url
-    supervisor.stop()
+    with gateway_process(stack, tmp_path, max_pending="2", max_triton_in_flight="1") as url:
+        yield url
 
 
 async def test_overload_gets_429_and_admitted_requests_succeed(small_gateway, bus_jpg):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
+import cv2
 import msgspec
-from litestar import Litestar, MediaType, Request, Response, get, post
+from anyio import to_thread
+from litestar import Litestar, MediaType, Request, Response, delete, get, post
 from litestar.datastructures import UploadFile
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
@@ -20,6 +23,9 @@ from tracker_service.detection import DetectionPipeline, DetectOptions, Detectio
 from tracker_service.errors import GatewayError, InvalidRequest
 from tracker_service.metrics import GatewayMetrics
 from tracker_service.settings import GatewaySettings
+from tracker_service.streams import StreamRegistry
+from tracker_service.tracking import (OUT_AGE, OUT_CLASS, OUT_ID, OUT_SCORE, OUT_STATE,
+                                      HistogramEmbedder, TrackState)
 from tracker_service.triton_client import DetectorClient
 
 
@@ -105,6 +111,82 @@ async def detect(request: Request, conf: Conf = 0.25, iou: Iou = 0.7, max_det: M
                           detections_body(d), d.timings_ms)
 
 
+class Track(msgspec.Struct):
+    track_id: int
+    box: list[float]
+    class_id: int
+    class_name: str
+    score: float
+    age: int  # frames since the track was born
+    state: str  # tentative | confirmed | lost
+
+
+class FrameResponse(msgspec.Struct):
+    stream_id: str
+    frame: int
+    model: ModelRef
+    image: ImageSize
+    detections: list[Detection]
+    tracks: list[Track]
+    timings_ms: dict[str, float]
+
+
+def tracks_body(tracks, names: dict[int, str]) -> list[Track]:
+    return [
+        Track(int(t[OUT_ID]), [round(float(v), 2) for v in t[:4]], int(t[OUT_CLASS]),
+              names.get(int(t[OUT_CLASS]), str(int(t[OUT_CLASS]))), round(float(t[OUT_SCORE]), 5),
+              int(t[OUT_AGE]), TrackState(int(t[OUT_STATE])).name.lower())
+        for t in tracks
+    ]
+
+
+async def embed(request: Request, d: Detections):
+    """Appearance embeddings of the detections, from the configured embedder."""
+    embedder = request.app.state.embedder
+    rgb = cv2.cvtColor(d.image, cv2.COLOR_BGR2RGB)
+    if isinstance(embedder, HistogramEmbedder):
+        return await to_thread.run_sync(embedder.embed, rgb, d.boxes)
+    return await embedder.embed(rgb, d.boxes)
+
+
+@post("/v1/streams/{stream_id:str}/frames", status_code=200, summary="Track one frame",
+      description="Body as /v1/detect. `frame` (optional) orders the stream's frames; frames "
+                  "not newer than the last one get 409. The default `conf` is low (0.1) so the "
+                  "tracker's second association stage sees low-score detections.")
+async def stream_frame(request: Request, stream_id: str,
+                       frame: Annotated[int | None, Parameter(ge=0)] = None,
+                       conf: Conf = 0.1, iou: Iou = 0.7, max_det: MaxDet = 300,
+                       classes: Classes = None, version: Version = "") -> FrameResponse:
+    pipeline: DetectionPipeline = request.app.state.pipeline
+    streams: StreamRegistry = request.app.state.streams
+    opts = detect_options(conf, iou, max_det, classes, version)
+    async with pipeline.admit(), streams.frame(stream_id, frame) as (frame_no, turn):
+        data = await read_image(request)
+        use_embeddings = streams.needs_embeddings
+        d = await pipeline.detect(data, opts, keep_image=use_embeddings)
+        t0 = time.perf_counter()
+        embeddings = await embed(request, d) if use_embeddings else None
+        stream = await turn()
+        tracks = stream.tracker.update(d.as_array(), embeddings)
+        stream.frames_applied += 1
+        stream.tracks_reported = len(tracks)
+        d.timings_ms["track"] = round((time.perf_counter() - t0) * 1000, 3)
+    metrics: GatewayMetrics = request.app.state.metrics
+    metrics.stage.labels("track").observe(d.timings_ms["track"] / 1000)
+    metrics.active_streams.set(len(streams))
+    metrics.active_tracks.set(streams.active_tracks)
+    return FrameResponse(stream_id, frame_no, ModelRef(d.model.name, d.model_version),
+                         ImageSize(d.width, d.height), detections_body(d),
+                         tracks_body(tracks, d.model.names), d.timings_ms)
+
+
+@delete("/v1/streams/{stream_id:str}", status_code=204, summary="Forget a stream's tracks")
+async def delete_stream(request: Request, stream_id: str) -> None:
+    streams: StreamRegistry = request.app.state.streams
+    streams.delete(stream_id)
+    request.app.state.metrics.active_streams.set(len(streams))
+
+
 @get("/healthz", summary="Liveness: the gateway process answers")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
@@ -154,6 +236,26 @@ def on_unexpected(request: Request, exc: Exception) -> Response:
         "code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}})
 
 
+def make_embedder(settings: GatewaySettings):
+    if settings.embedder == "histogram":
+        return HistogramEmbedder()
+    if settings.embedder == "triton":
+        from tracker_service.reid_client import TritonEmbedder
+
+        return TritonEmbedder(settings.triton_grpc_url, settings.reid_model_name,
+                              settings.triton_timeout_s)
+    raise ValueError(f"unknown embedder {settings.embedder!r}: histogram or triton")
+
+
+async def evict_idle_streams(app: Litestar) -> None:
+    streams: StreamRegistry = app.state.streams
+    while True:
+        await asyncio.sleep(max(0.5, min(30.0, streams.ttl_s / 4)))
+        streams.evict_idle()
+        app.state.metrics.active_streams.set(len(streams))
+        app.state.metrics.active_tracks.set(streams.active_tracks)
+
+
 def create_app(settings: GatewaySettings | None = None) -> Litestar:
     settings = settings or GatewaySettings()
 
@@ -163,13 +265,20 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
                                 settings.triton_timeout_s, settings.retry_after_s)
         app.state.client = client
         app.state.pipeline = DetectionPipeline(settings, client, app.state.metrics)
+        app.state.streams = StreamRegistry(settings.tracker, settings.stream_ttl_s,
+                                           settings.max_streams, settings.max_stream_id_length)
+        app.state.embedder = make_embedder(settings)
+        evictor = asyncio.create_task(evict_idle_streams(app))
         try:
             yield
         finally:
+            evictor.cancel()
+            if hasattr(app.state.embedder, "close"):
+                await app.state.embedder.close()
             await client.close()
 
     app = Litestar(
-        route_handlers=[detect, healthz, readyz, metrics],
+        route_handlers=[detect, stream_frame, delete_stream, healthz, readyz, metrics],
         lifespan=[lifespan],
         exception_handlers={
             GatewayError: on_gateway_error,

@@ -38,6 +38,11 @@ class GatewayMetrics:
             registry=r)
         self.in_flight = Gauge(
             "visionguard_gateway_triton_in_flight", "Triton calls in flight", registry=r)
+        self.active_streams = Gauge(
+            "visionguard_active_streams", "Streams with tracker state", registry=r)
+        self.active_tracks = Gauge(
+            "visionguard_active_tracks", "Tracks reported on each stream's last frame, summed",
+            registry=r)
         self.model_version = Gauge(
             "visionguard_model_version_info", "Model versions that served requests (1 = seen)",
             ["model", "version"], registry=r)

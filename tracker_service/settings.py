@@ -30,5 +30,13 @@ class GatewaySettings:
     retry_after_s: int = field(default_factory=lambda: int(_env("RETRY_AFTER_S", "2")))
     # Input size fed to the model (longest side); the letterbox pads to the stride.
     imgsz: int = field(default_factory=lambda: int(_env("IMGSZ", "640")))
-    # Send tensors through Triton's system shared memory (gateway and Triton on one host).
-    shared_memory: bool = field(default_factory=lambda: _env("SHARED_MEMORY", "0") == "1")
+    # Tracking per stream.
+    tracker: str = field(default_factory=lambda: _env("TRACKER", "byte-oru"))
+    # Appearance embeddings for trackers that use them (deepsort): "histogram" needs no weights,
+    # "triton" asks the `reid` model served by Triton.
+    embedder: str = field(default_factory=lambda: _env("EMBEDDER", "histogram"))
+    reid_model_name: str = field(default_factory=lambda: _env("REID_MODEL_NAME", "reid"))
+    stream_ttl_s: float = field(default_factory=lambda: float(_env("STREAM_TTL_S", "300")))
+    max_streams: int = field(default_factory=lambda: int(_env("MAX_STREAMS", "1000")))
+    max_stream_id_length: int = field(
+        default_factory=lambda: int(_env("MAX_STREAM_ID_LENGTH", "64")))

@@ -1,0 +1,129 @@
+"""Per-stream tracker state: one tracker per stream, frames applied in order, idle streams evicted.
+
+Frames of one stream may run detection concurrently (Triton batches them), but their tracker
+updates are applied strictly in frame order: a frame waits for every earlier admitted frame of
+its stream to be applied (or to fail). A frame not newer than the last admitted one is refused.
+Nothing is shared between streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from tracker_service.errors import GatewayError, InvalidRequest
+from tracker_service.tracking import Tracker, make_tracker, needs_embeddings
+
+STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+
+
+class FrameOutOfOrder(GatewayError):
+    status_code = 409
+    code = "frame_out_of_order"
+
+
+class TooManyStreams(GatewayError):
+    status_code = 429
+    code = "too_many_streams"
+
+
+class StreamNotFound(GatewayError):
+    status_code = 404
+    code = "stream_not_found"
+
+
+def check_stream_id(stream_id: str, max_length: int) -> str:
+    if not stream_id or len(stream_id) > max_length or not STREAM_ID.match(stream_id):
+        raise InvalidRequest(
+            f"invalid stream id: 1-{max_length} characters of letters, digits and . _ : -, "
+            "starting with a letter or digit", stream_id=stream_id[:100])
+    return stream_id
+
+
+@dataclass
+class Stream:
+    stream_id: str
+    tracker: Tracker
+    last_seen: float
+    last_admitted: int = -1
+    frames_applied: int = 0
+    tracks_reported: int = 0
+    pending: list[int] = field(default_factory=list)
+    turn: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+
+class StreamRegistry:
+    def __init__(self, tracker_name: str, ttl_s: float, max_streams: int,
+                 max_id_length: int = 64, clock: Callable[[], float] = time.monotonic) -> None:
+        # Built once at start-up: a misnamed tracker fails here, not on the first frame.
+        self.needs_embeddings = needs_embeddings(make_tracker(tracker_name))
+        self.tracker_name = tracker_name
+        self.ttl_s = ttl_s
+        self.max_streams = max_streams
+        self.max_id_length = max_id_length
+        self.clock = clock
+        self._streams: dict[str, Stream] = {}
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    @property
+    def active_tracks(self) -> int:
+        return sum(s.tracks_reported for s in self._streams.values())
+
+    def evict_idle(self) -> list[str]:
+        """Drop streams idle for longer than the TTL (never one with frames in flight)."""
+        now = self.clock()
+        idle = [sid for sid, s in self._streams.items()
+                if not s.pending and now - s.last_seen > self.ttl_s]
+        for sid in idle:
+            del self._streams[sid]
+        return idle
+
+    def _get_or_create(self, stream_id: str) -> Stream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            self.evict_idle()
+            if len(self._streams) >= self.max_streams:
+                raise TooManyStreams(f"{len(self._streams)} streams are active, the limit",
+                                     max_streams=self.max_streams)
+            stream = Stream(stream_id, make_tracker(self.tracker_name), self.clock())
+            self._streams[stream_id] = stream
+        return stream
+
+    def delete(self, stream_id: str) -> None:
+        if self._streams.pop(stream_id, None) is None:
+            raise StreamNotFound(f"no active stream {stream_id!r}")
+
+    @asynccontextmanager
+    async def frame(self, stream_id: str, frame: int | None):
+        """Admit `frame` of `stream_id`; the body runs detection, then `await turn()` before
+        touching the tracker, which is then this stream's in frame order."""
+        check_stream_id(stream_id, self.max_id_length)
+        stream = self._get_or_create(stream_id)
+        if frame is None:
+            frame = stream.last_admitted + 1
+        if frame <= stream.last_admitted:
+            raise FrameOutOfOrder(
+                f"frame {frame} of stream {stream_id!r} is not newer than frame "
+                f"{stream.last_admitted}", last_frame=stream.last_admitted, frame=frame)
+        stream.last_admitted = frame
+        stream.pending.append(frame)
+        stream.last_seen = self.clock()
+
+        async def turn() -> Stream:
+            async with stream.turn:
+                await stream.turn.wait_for(lambda: stream.pending[0] == frame)
+            return stream
+
+        try:
+            yield frame, turn
+        finally:
+            stream.pending.remove(frame)
+            stream.last_seen = self.clock()
+            async with stream.turn:
+                stream.turn.notify_all()
