@@ -74,15 +74,19 @@ def gateway_command(settings: Settings) -> list[str]:
 
 def start_stack(settings: Settings, supervisor) -> None:
     """Start Triton, wait for the model, start the gateway, wait for it: raise on failure."""
-    import httpx
-
     from control_plane import triton_server
-    from control_plane.processes import tail
+    from control_plane.processes import tail, wait_http_ok
 
     triton_server.check_ports_free(settings.host, [
         settings.triton_http_port, settings.triton_grpc_port, settings.triton_metrics_port,
         settings.gateway_port])
-    triton = supervisor.start("triton", triton_server.command(settings),
+    # The reid model (DeepSORT's embeddings) is served too when the repository has a version.
+    from export import triton_repo
+
+    models = [settings.model_name]
+    if triton_repo.versions(settings.model_repository / settings.reid_model_name):
+        models.append(settings.reid_model_name)
+    triton = supervisor.start("triton", triton_server.command(settings, models),
                               triton_server.server_environment())
     try:
         triton_server.wait_ready(settings, triton.proc, settings.startup_timeout_s,
@@ -91,19 +95,10 @@ def start_stack(settings: Settings, supervisor) -> None:
         raise RuntimeError(f"{exc}\n--- {triton.log_path} ---\n{tail(triton.log_path)}") from None
     gateway = supervisor.start("gateway", gateway_command(settings), gateway_env(settings))
     url = f"http://{settings.host}:{settings.gateway_port}/readyz"
-    import time
-
-    deadline = time.monotonic() + settings.startup_timeout_s
-    while time.monotonic() < deadline:
-        if gateway.proc.poll() is not None:
-            raise RuntimeError(f"gateway exited\n{tail(gateway.log_path)}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"gateway not ready at {url}\n{tail(gateway.log_path)}")
+    try:
+        wait_http_ok(url, gateway.proc, settings.startup_timeout_s, "gateway")
+    except (RuntimeError, TimeoutError) as exc:
+        raise RuntimeError(f"{exc}\n--- {gateway.log_path} ---\n{tail(gateway.log_path)}") from None
 
 
 @app.command()
@@ -182,6 +177,25 @@ def export_cmd(
                                       version=version, target=target, imgsz=imgsz,
                                       batching=batching, name=settings.model_name)
     console.print(f"wrote {result.version_dir} ({len(result.names)} classes)")
+
+
+@app.command("export-reid")
+def export_reid_cmd(
+    source: Annotated[str, typer.Argument(
+        help="A ReID ONNX file (float NCHW in, [B, D] out), a resnet18 state_dict (.pt/.pth), "
+             "or 'resnet18' for seeded random weights.")],
+    version: Annotated[Optional[int], typer.Option(help="Version number; default next.")] = None,
+    repo: Annotated[Optional[Path], typer.Option(help="Model repository.")] = None,
+) -> None:
+    """Export an appearance-embedding model as the `reid` Triton model (for DeepSORT)."""
+    from export.reid import export_reid_to_repository
+
+    settings = Settings()
+    with console.status(f"exporting {source} as {settings.reid_model_name}..."):
+        vdir = export_reid_to_repository(source, repo or settings.model_repository,
+                                         version=version, name=settings.reid_model_name)
+    console.print(f"wrote {vdir}; serve it with VG_GATEWAY_EMBEDDER=triton "
+                  "VG_GATEWAY_TRACKER=deepsort")
 
 
 @serve_app.command("gateway")

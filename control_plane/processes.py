@@ -75,6 +75,25 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
+def wait_http_ok(url: str, proc: subprocess.Popen | None, timeout_s: float,
+                 what: str = "service") -> None:
+    """Poll `url` until it answers 200; raise RuntimeError if `proc` exits, TimeoutError after
+    `timeout_s`."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{what} not ready at {url} after {timeout_s:.0f}s")
+
+
 def tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

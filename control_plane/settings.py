@@ -24,6 +24,7 @@ class Settings:
     runtime_dir: Path = field(
         default_factory=lambda: Path(_env("VG_RUNTIME_DIR", str(ROOT / ".visionguard"))))
     model_name: str = field(default_factory=lambda: _env("VG_MODEL_NAME", "detector"))
+    reid_model_name: str = field(default_factory=lambda: _env("VG_REID_MODEL_NAME", "reid"))
     host: str = field(default_factory=lambda: _env("VG_HOST", "127.0.0.1"))
     triton_http_port: int = field(default_factory=lambda: int(_env("VG_TRITON_HTTP_PORT", "8000")))
     triton_grpc_port: int = field(default_factory=lambda: int(_env("VG_TRITON_GRPC_PORT", "8001")))

@@ -14,11 +14,9 @@ import socket
 import subprocess
 import sys
 import sysconfig
-import time
 from pathlib import Path
 
-import httpx
-
+from control_plane.processes import wait_http_ok
 from control_plane.settings import Settings
 
 
@@ -117,14 +115,4 @@ def wait_ready(settings: Settings, proc: subprocess.Popen | None, timeout_s: flo
     url = f"{settings.triton_http_url}/v2/health/ready"
     if model:
         url = f"{settings.triton_http_url}/v2/models/{model}/ready"
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"tritonserver exited with code {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"Triton not ready at {url} after {timeout_s:.0f}s")
+    wait_http_ok(url, proc, timeout_s, "tritonserver")

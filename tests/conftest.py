@@ -64,11 +64,14 @@ def settings_from(env: dict[str, str]):
 
 @pytest.fixture(scope="session")
 def seeded_repo(tmp_path_factory) -> Path:
-    """A model repository holding yolov8n.yaml (seed 0) exported as detector version 1."""
+    """A model repository: yolov8n.yaml (seed 0) as detector version 1, resnet18 (seed 0) as
+    reid version 1."""
     from export.pipeline import export_to_repository
+    from export.reid import export_reid_to_repository
 
     repo = tmp_path_factory.mktemp("model_repository")
     export_to_repository("yolov8n.yaml", repo, version=1, seed=0)
+    export_reid_to_repository("resnet18", repo, version=1, seed=0)
     return repo
 
 
@@ -114,7 +117,7 @@ def stack(seeded_repo, tmp_path_factory):
 @contextmanager
 def gateway_process(stack: Stack, log_dir: Path, **settings: str):
     """One more real gateway process on the shared Triton, with VG_GATEWAY_* overrides."""
-    from control_plane.processes import Supervisor
+    from control_plane.processes import Supervisor, wait_http_ok
 
     (port,) = free_ports(1)
     env = {**os.environ, "VG_GATEWAY_TRITON_URL": stack.settings.triton_grpc_url,
@@ -123,16 +126,10 @@ def gateway_process(stack: Stack, log_dir: Path, **settings: str):
         child = supervisor.start("gateway", [sys.executable, "-m", "control_plane", "serve",
                                              "gateway", "--port", str(port)], env)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if child.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"gateway did not start:\n{child.log_path.read_text()}")
-            time.sleep(0.2)
+        try:
+            wait_http_ok(f"{url}/readyz", child.proc, 60, "gateway")
+        except (RuntimeError, TimeoutError) as exc:
+            pytest.fail(f"{exc}:\n{child.log_path.read_text()}")
         yield url
 
 

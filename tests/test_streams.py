@@ -174,3 +174,22 @@ def test_bad_image_in_a_stream_keeps_the_stream_usable(stack, bus_jpg):
                    headers={"content-type": "image/jpeg"}, timeout=30)
     assert r.status_code == 422
     assert post_frame(stack.gateway_url, "cam-bad", bus_jpg).status_code == 200
+
+
+@pytest.mark.integration
+def test_deepsort_with_embeddings_from_the_triton_reid_model(stack, bus_jpg, tmp_path):
+    """`up` served the reid model beside the detector; a DeepSORT gateway asks it for
+    embeddings of every detection and keeps stable ids on a repeated frame."""
+    with gateway_process(stack, tmp_path, tracker="deepsort", embedder="triton") as url:
+        bodies = [post_frame(url, "cam-ds", bus_jpg).json() for _ in range(5)]
+        metrics = httpx.get(f"{url}/metrics").text
+    confirmed = [{t["track_id"] for t in b["tracks"] if t["state"] == "confirmed"}
+                 for b in bodies[-2:]]
+    assert confirmed[0] and confirmed[0] == confirmed[1]
+    assert 'visionguard_gateway_request_duration_seconds_count{route="/v1/streams/{stream_id:str}/frames",status="200"} 5.0' in metrics
+
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(stack.settings.triton_grpc_url)
+    stats = client.get_inference_statistics("reid").model_stats[0]
+    assert stats.inference_count >= 5 * len(bodies[0]["detections"])
