@@ -1,6 +1,6 @@
 """Gateway load against in-process baselines, measured in one run on one machine.
 
-    python bench/gateway_load.py [--concurrency 1,2,4,8] [--duration 15] [--weights yolov8n.yaml]
+    python bench/gateway_load.py [--concurrency 1,2,4,8] [--rounds 5 --window 4] [--runtime ...]
 
 Starts Triton and the gateway (as `visionguard up` does) on a scratch model repository, then
 for each concurrency level N runs N clients posting the same JPEG for a fixed time. Beside it,
@@ -8,8 +8,10 @@ in the same run and on the same letterboxed input size:
   - onnxruntime in-process on the same ONNX file (session.run on the uint8 input),
   - Ultralytics `predict` in-process on the same JPEG and checkpoint (what a user would deploy
     instead: decode + letterbox + torch + NMS in one process).
-Prints a table with images/s, p50/p95/p99 latency and the ratios, Triton's batch statistics,
-and writes JSON (default bench/results/gateway_load.json).
+Windows of every configuration are interleaved round after round, so the machine's noise falls
+on all of them alike; throughput is the median over windows, ratios the median of the ratios
+within each round. Prints a table with images/s, p50/p95/p99 latency, the ratios and Triton's
+batch statistics, and writes JSON (default bench/results/gateway_load.json).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import cv2
 import httpx
 import numpy as np
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,8 +74,7 @@ async def gateway_level(url: str, image: bytes, concurrency: int, duration: floa
         start = time.perf_counter()
         await asyncio.gather(*[worker(start + duration, True) for _ in range(concurrency)])
         elapsed = time.perf_counter() - start
-    return {"concurrency": concurrency, "images_per_s": len(latencies) / elapsed,
-            "requests": len(latencies), "errors": errors, **percentiles(latencies)}
+    return {"images_per_s": len(latencies) / elapsed, "latencies": latencies, "errors": errors}
 
 
 def timed_loop(fn, duration: float, warmup: float) -> dict:
@@ -86,25 +88,35 @@ def timed_loop(fn, duration: float, warmup: float) -> dict:
         fn()
         latencies.append(time.perf_counter() - t)
     elapsed = time.perf_counter() - start
-    return {"images_per_s": len(latencies) / elapsed, "requests": len(latencies),
-            **percentiles(latencies)}
+    return {"images_per_s": len(latencies) / elapsed, "latencies": latencies}
 
 
-def onnxruntime_baseline(onnx_path: Path, tensor: np.ndarray, duration: float,
-                         warmup: float) -> dict:
+def onnxruntime_baseline(onnx_path: Path, tensor: np.ndarray):
+    """session.run on the letterboxed uint8 input, onnxruntime's default session options."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: tensor[None]}
-    return timed_loop(lambda: session.run(None, feed), duration, warmup)
+    return lambda: session.run(None, feed)
 
 
-def ultralytics_baseline(weights: str, image_path: Path, duration: float,
-                         warmup: float) -> dict:
+def ultralytics_baseline(weights: str, image_path: Path):
+    """What a user would deploy instead: predict() on the JPEG (decode, letterbox, torch, NMS)."""
     from export.onnx_export import load_yolo
 
     yolo = load_yolo(weights)
-    return timed_loop(lambda: yolo.predict(str(image_path), verbose=False), duration, warmup)
+    return lambda: yolo.predict(str(image_path), verbose=False)
+
+
+def summarise(windows: list[dict]) -> dict:
+    """Median throughput over windows; latency percentiles over every request of every window."""
+    latencies = [x for w in windows for x in w["latencies"]]
+    out = {"images_per_s": float(np.median([w["images_per_s"] for w in windows])),
+           "images_per_s_windows": [round(w["images_per_s"], 2) for w in windows],
+           "requests": len(latencies), **percentiles(latencies)}
+    if any("errors" in w for w in windows):
+        out["errors"] = sum(w.get("errors", 0) for w in windows)
+    return out
 
 
 def triton_batch_stats(settings: Settings) -> tuple[int, int]:
@@ -120,9 +132,15 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--concurrency", default="1,2,4,8")
-    parser.add_argument("--duration", type=float, default=15.0, help="seconds per level")
-    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--window", type=float, default=4.0, help="seconds per window")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds before a window")
     parser.add_argument("--weights", default="yolov8n.yaml")
+    parser.add_argument("--allow-spinning", action="store_true",
+                        help="let Triton's onnxruntime threads spin (export option)")
+    parser.add_argument("--intra-op-threads", type=int, default=2)
+    parser.add_argument("--runtime", default="openvino", choices=["openvino", "onnxruntime"],
+                        help="runtime of the CPU python-backend model (export option)")
     parser.add_argument("--image", type=Path,
                         default=Path(ultralytics.__file__).parent / "assets" / "bus.jpg")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" /
@@ -139,44 +157,68 @@ def main() -> None:
                            runtime_dir=Path(tmp) / "runtime", triton_http_port=http,
                            triton_grpc_port=grpc, triton_metrics_port=metrics, gateway_port=gw)
         with console.status(f"exporting {args.weights}"):
-            exported = export_to_repository(args.weights, settings.model_repository, version=1)
+            exported = export_to_repository(args.weights, settings.model_repository, version=1,
+                                            allow_spinning=args.allow_spinning,
+                                            intra_op_threads=args.intra_op_threads,
+                                            runtime=args.runtime)
         rgb, _ = letterbox(cv2.imread(str(args.image)), settings.imgsz, 32)
         console.print(f"image {args.image.name}: letterboxed input {rgb.shape[0]}x{rgb.shape[1]}")
 
         results: dict = {"image": args.image.name, "input_hw": list(rgb.shape[:2]),
-                         "weights": args.weights, "duration_s": args.duration, "gateway": []}
-        with console.status("in-process onnxruntime"):
-            results["onnxruntime"] = onnxruntime_baseline(exported.onnx_path, rgb,
-                                                          args.duration, args.warmup)
-        with console.status("in-process Ultralytics predict"):
-            results["ultralytics"] = ultralytics_baseline(args.weights, args.image,
-                                                          args.duration, args.warmup)
+                         "weights": args.weights, "window_s": args.window,
+                         "rounds": args.rounds, "allow_spinning": args.allow_spinning,
+                         "intra_op_threads": args.intra_op_threads, "runtime": args.runtime}
+        with console.status("loading the in-process baselines"):
+            baselines = {"onnxruntime": onnxruntime_baseline(exported.onnx_path, rgb),
+                         "ultralytics": ultralytics_baseline(args.weights, args.image)}
+        windows: dict[str, list[dict]] = {k: [] for k in baselines}
+        windows.update({f"c{n}": [] for n in levels})
+        batches = {n: [0, 0] for n in levels}
         with Supervisor(settings.runtime_dir / "logs") as supervisor:
             with console.status("starting Triton and the gateway"):
                 start_stack(settings, supervisor)
             url = f"http://{settings.host}:{settings.gateway_port}"
-            for n in levels:
-                before = triton_batch_stats(settings)
-                with console.status(f"gateway, concurrency {n}"):
-                    level = asyncio.run(gateway_level(url, image, n, args.duration,
-                                                      args.warmup))
-                after = triton_batch_stats(settings)
-                level["triton_inferences"] = after[0] - before[0]
-                level["triton_executions"] = after[1] - before[1]
-                results["gateway"].append(level)
+            # Interleave short windows of every configuration, round after round: the
+            # machine's noise then falls on all of them alike, and medians compare.
+            with Progress(console=console) as progress:
+                task = progress.add_task("measuring", total=args.rounds * len(windows))
+                for _ in range(args.rounds):
+                    for name, fn in baselines.items():
+                        windows[name].append(timed_loop(fn, args.window, args.warmup))
+                        progress.advance(task)
+                    for n in levels:
+                        before = triton_batch_stats(settings)
+                        windows[f"c{n}"].append(asyncio.run(
+                            gateway_level(url, image, n, args.window, args.warmup)))
+                        after = triton_batch_stats(settings)
+                        batches[n][0] += after[0] - before[0]
+                        batches[n][1] += after[1] - before[1]
+                        progress.advance(task)
 
+    results["onnxruntime"] = summarise(windows["onnxruntime"])
+    results["ultralytics"] = summarise(windows["ultralytics"])
+    results["gateway"] = [{"concurrency": n, **summarise(windows[f"c{n}"]),
+                           "triton_inferences": batches[n][0],
+                           "triton_executions": batches[n][1]} for n in levels]
     ort_, ult = results["onnxruntime"], results["ultralytics"]
-    by_c = {g["concurrency"]: g for g in results["gateway"]}
+
+    def per_round(a: str, b: str, key: str = "images_per_s") -> float:
+        """Median over rounds of the ratio measured within each round."""
+        if key == "images_per_s":
+            return float(np.median([x[key] / y[key] for x, y in zip(windows[a], windows[b])]))
+        return float(np.median([np.median(x["latencies"]) / np.median(y["latencies"])
+                                for x, y in zip(windows[a], windows[b])]))
+
     ratios = {}
-    if 4 in by_c:
-        ratios["c4_vs_onnxruntime_throughput"] = by_c[4]["images_per_s"] / ort_["images_per_s"]
-        ratios["c4_vs_ultralytics_throughput"] = by_c[4]["images_per_s"] / ult["images_per_s"]
-    if 1 in by_c:
-        ratios["c1_p50_vs_onnxruntime_latency"] = by_c[1]["p50_ms"] / ort_["p50_ms"]
+    if 4 in levels:
+        ratios["c4_vs_onnxruntime_throughput"] = per_round("c4", "onnxruntime")
+        ratios["c4_vs_ultralytics_throughput"] = per_round("c4", "ultralytics")
+    if 1 in levels:
+        ratios["c1_p50_vs_onnxruntime_latency"] = per_round("c1", "onnxruntime", "latency")
     results["ratios"] = ratios
 
     table = Table(title=f"gateway load: {args.image.name} at {rgb.shape[0]}x{rgb.shape[1]}, "
-                        f"{args.duration:.0f}s per row")
+                        f"{args.rounds} rounds of {args.window:.0f} s windows, interleaved")
     for col in ("what", "images/s", "p50 ms", "p95 ms", "p99 ms", "errors",
                 "Triton inferences/executions"):
         table.add_column(col, justify="right")

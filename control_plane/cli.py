@@ -62,7 +62,9 @@ def _interrupt(signum, frame) -> None:
 
 
 def gateway_env(settings: Settings) -> dict[str, str]:
-    return {**os.environ, "VG_GATEWAY_TRITON_URL": settings.triton_grpc_url,
+    # Same host as Triton: images go through shared memory, not the gRPC message.
+    return {"VG_GATEWAY_SHARED_MEMORY": "1", **os.environ,
+            "VG_GATEWAY_TRITON_URL": settings.triton_grpc_url,
             "VG_GATEWAY_MODEL_NAME": settings.model_name}
 
 

@@ -32,6 +32,7 @@ def next_version(repo: Path, name: str = MODEL_NAME) -> int:
 def export_to_repository(weights: str | Path, repo: Path, *, version: int | None = None,
                          target: Target = "cpu", imgsz: int = 640, seed: int = 0,
                          batching: BatchingConfig | None = None, intra_op_threads: int = 2,
+                         allow_spinning: bool = False, runtime: str = "openvino",
                          name: str = MODEL_NAME) -> ExportResult:
     """Export `weights` and write it as `<repo>/<name>/<version>/` (atomically)."""
     repo = Path(repo)
@@ -39,7 +40,8 @@ def export_to_repository(weights: str | Path, repo: Path, *, version: int | None
     with tempfile.TemporaryDirectory(prefix="vg-export-") as tmp:
         exported = export_onnx(weights, Path(tmp) / "model.onnx", imgsz=imgsz, seed=seed)
         cfg = DetectorConfig(names=exported.names, stride=exported.stride, imgsz=imgsz,
-                             intra_op_threads=intra_op_threads,
+                             intra_op_threads=intra_op_threads, allow_spinning=allow_spinning,
+                             runtime=runtime,
                              batching=batching or BatchingConfig())
         names_json = Path(tmp) / "names.json"
         names_json.write_text(json.dumps({str(k): v for k, v in exported.names.items()}))

@@ -43,6 +43,12 @@ class DetectorConfig:
     iou_threshold: float = 0.7
     max_det: int = 300
     intra_op_threads: int = 2
+    # onnxruntime's threads spin-wait between operators: lower latency, but the spinning cores
+    # are not free for the gateway's decoding when both share a small machine.
+    allow_spinning: bool = False
+    # The CPU model's runtime for the ONNX file: "openvino" (falls back to onnxruntime where it
+    # is not installed) or "onnxruntime".
+    runtime: str = "openvino"
     batching: BatchingConfig = field(default_factory=BatchingConfig)
 
 
@@ -98,8 +104,9 @@ output [
   {{ name: "raw" data_type: TYPE_FP32 dims: [ -1, -1 ] }}
 ]
 {_batching(b, "KIND_CPU")}
-{_params({**_serving_params(cfg), "intra_op_threads": str(cfg.intra_op_threads),
-          "allow_spinning": "0"})}
+{_params({**_serving_params(cfg), "runtime": cfg.runtime,
+          "intra_op_threads": str(cfg.intra_op_threads),
+          "allow_spinning": "1" if cfg.allow_spinning else "0"})}
 """
 
 

@@ -207,10 +207,13 @@ def own_triton(seeded_repo, tmp_path):
     supervisor.stop()
 
 
-async def test_triton_outage_gives_503_then_recovers_without_restart(own_triton, bus_jpg):
+@pytest.mark.parametrize("shared_memory", [False, True], ids=["grpc", "shm"])
+async def test_triton_outage_gives_503_then_recovers_without_restart(own_triton, bus_jpg,
+                                                                     shared_memory):
     settings, supervisor, start = own_triton
     start()
-    app = create_app(GatewaySettings(triton_grpc_url=settings.triton_grpc_url))
+    app = create_app(GatewaySettings(triton_grpc_url=settings.triton_grpc_url,
+                                     shared_memory=shared_memory))
     async with AsyncTestClient(app=app, timeout=60) as client:
         post = lambda: client.post("/v1/detect", content=bus_jpg,  # noqa: E731
                                    headers={"content-type": "image/jpeg"})
@@ -226,6 +229,23 @@ async def test_triton_outage_gives_503_then_recovers_without_restart(own_triton,
             await asyncio.sleep(0.5)
         assert r.status_code == 200
         assert (await client.get("/readyz")).status_code == 200
+        regions = httpx.get(f"{settings.triton_http_url}/v2/systemsharedmemory/status").json()
+        # With shared memory on, the restarted Triton was given the regions again.
+        assert bool(regions) == shared_memory
+
+
+def test_detector_runs_on_openvino_in_the_stack(stack):
+    log = (stack.settings.runtime_dir / "logs" / "triton.log").read_text()
+    assert "detector version 1: model.onnx on openvino, 2 threads" in log
+
+
+def test_up_passes_images_through_shared_memory(stack, bus_jpg):
+    """`up` runs gateway and Triton on one host: the gateway registered its regions."""
+    httpx.post(f"{stack.gateway_url}/v1/detect", content=bus_jpg,
+               headers={"content-type": "image/jpeg"}, timeout=30)
+    regions = httpx.get(
+        f"{stack.settings.triton_http_url}/v2/systemsharedmemory/status").json()
+    assert len(regions) == 8 and all(r["byte_size"] == 640 * 640 * 3 for r in regions)
 
 
 def test_dynamic_batching_forms_batches(stack):

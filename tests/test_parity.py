@@ -47,21 +47,52 @@ def triton_raw(settings, rgb: np.ndarray) -> np.ndarray:
     return result.as_numpy("raw")[0]
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("image", ["bus.jpg", "zidane.jpg"])
-def test_raw_output_through_triton_matches_ultralytics(stack, image):
-    bgr = cv2.imread(str(ultralytics_assets() / image))
-    rgb, _ = letterbox(bgr, 640, 32)
-    served = triton_raw(stack.settings, rgb)
-
+def ultralytics_raw(bgr: np.ndarray) -> np.ndarray:
     yolo = load_yolo("yolov8n.yaml", seed=0)
     model = yolo.model.float().eval()
     prepared = LetterBox(640, auto=True, stride=32)(image=bgr)[..., ::-1]  # predictor's input
     x = torch.from_numpy(np.ascontiguousarray(prepared)).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
-        reference = model(x)[0][0].numpy()
+        return model(x)[0][0].numpy()
 
+
+@pytest.mark.integration
+@pytest.mark.parametrize("image", ["bus.jpg", "zidane.jpg"])
+def test_raw_output_through_triton_matches_ultralytics(stack, image):
+    """The default CPU runtime (OpenVINO) inside the real Triton."""
+    bgr = cv2.imread(str(ultralytics_assets() / image))
+    rgb, _ = letterbox(bgr, 640, 32)
+    served = triton_raw(stack.settings, rgb)
+    reference = ultralytics_raw(bgr)
     assert served.shape == reference.shape
+    span = float(reference.max() - reference.min())
+    assert np.abs(served - reference).max() <= 1e-4 * span
+
+
+@pytest.mark.integration
+def test_onnxruntime_runtime_matches_too(tmp_path):
+    """The same model served with runtime=onnxruntime (the fallback without OpenVINO)."""
+    from control_plane import triton_server
+    from control_plane.processes import Supervisor
+    from control_plane.settings import Settings
+    from export.pipeline import export_to_repository
+    from tests.conftest import free_ports
+
+    export_to_repository("yolov8n.yaml", tmp_path / "repo", version=1, runtime="onnxruntime")
+    config = (tmp_path / "repo" / "detector" / "config.pbtxt").read_text()
+    assert '"runtime" value: { string_value: "onnxruntime" }' in config
+    http, grpc, metrics = free_ports(3)
+    settings = Settings(model_repository=tmp_path / "repo", runtime_dir=tmp_path,
+                        triton_http_port=http, triton_grpc_port=grpc,
+                        triton_metrics_port=metrics)
+    bgr = cv2.imread(str(ultralytics_assets() / "bus.jpg"))
+    rgb, _ = letterbox(bgr, 640, 32)
+    with Supervisor(tmp_path / "logs") as supervisor:
+        child = supervisor.start("triton", triton_server.command(settings),
+                                 triton_server.server_environment())
+        triton_server.wait_ready(settings, child.proc, 120, model="detector")
+        served = triton_raw(settings, rgb)
+    reference = ultralytics_raw(bgr)
     span = float(reference.max() - reference.min())
     assert np.abs(served - reference).max() <= 1e-4 * span
 

@@ -261,8 +261,11 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        client = DetectorClient(settings.triton_grpc_url, settings.model_name,
-                                settings.triton_timeout_s, settings.retry_after_s)
+        client = DetectorClient(
+            settings.triton_grpc_url, settings.model_name, settings.triton_timeout_s,
+            settings.retry_after_s,
+            shared_memory_slots=settings.max_triton_in_flight if settings.shared_memory else 0,
+            max_image_bytes=settings.imgsz * settings.imgsz * 3)
         app.state.client = client
         app.state.pipeline = DetectionPipeline(settings, client, app.state.metrics)
         app.state.streams = StreamRegistry(settings.tracker, settings.stream_ttl_s,

@@ -30,6 +30,9 @@ class GatewaySettings:
     retry_after_s: int = field(default_factory=lambda: int(_env("RETRY_AFTER_S", "2")))
     # Input size fed to the model (longest side); the letterbox pads to the stride.
     imgsz: int = field(default_factory=lambda: int(_env("IMGSZ", "640")))
+    # Pass images to Triton through system shared memory: only where gateway and Triton share
+    # a host (`visionguard up` turns it on); one region per Triton call in flight.
+    shared_memory: bool = field(default_factory=lambda: _env("SHARED_MEMORY", "0") == "1")
     # Tracking per stream.
     tracker: str = field(default_factory=lambda: _env("TRACKER", "byte-oru"))
     # Appearance embeddings for trackers that use them (deepsort): "histogram" needs no weights,

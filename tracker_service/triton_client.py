@@ -7,8 +7,12 @@ gRPC reconnects by itself when Triton comes back, so an outage needs no gateway 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import secrets
 from dataclasses import dataclass
+from multiprocessing.shared_memory import SharedMemory
 
 import numpy as np
 import tritonclient.grpc.aio as grpcclient
@@ -56,17 +60,59 @@ def _translate(exc: InferenceServerException, model: str, retry_after_s: int) ->
     return UpstreamError(f"Triton error: {message}", triton_status=status)
 
 
+class ShmPool:
+    """POSIX shared-memory regions for input images, registered with Triton by key.
+
+    With gateway and Triton on one host, an image goes through /dev/shm instead of being
+    serialised into the gRPC message and copied out of it again. One region per Triton call in
+    flight; regions are registered again if Triton restarts (it forgets registrations).
+    """
+
+    def __init__(self, slots: int, slot_bytes: int) -> None:
+        prefix = f"vg_{os.getpid()}_{secrets.token_hex(3)}"
+        self.regions = [SharedMemory(name=f"{prefix}_{i}", create=True, size=slot_bytes)
+                        for i in range(slots)]
+        self.free: asyncio.Queue[SharedMemory] = asyncio.Queue()
+        for region in self.regions:
+            self.free.put_nowait(region)
+        self.registered = False
+
+    async def register(self, client) -> None:
+        for region in self.regions:
+            try:
+                await client.unregister_system_shared_memory(region.name)
+            except InferenceServerException:
+                pass
+            await client.register_system_shared_memory(region.name, f"/{region.name}",
+                                                       region.size)
+        self.registered = True
+
+    async def close(self, client) -> None:
+        for region in self.regions:
+            if self.registered:
+                try:
+                    await client.unregister_system_shared_memory(region.name)
+                except InferenceServerException:
+                    pass
+            region.close()
+            region.unlink()
+
+
 class DetectorClient:
     def __init__(self, url: str, model: str, timeout_s: float = 10.0,
-                 retry_after_s: int = 2) -> None:
+                 retry_after_s: int = 2, shared_memory_slots: int = 0,
+                 max_image_bytes: int = 640 * 640 * 3) -> None:
         self.url = url
         self.model = model
         self.timeout_s = timeout_s
         self.retry_after_s = retry_after_s
         self._client = grpcclient.InferenceServerClient(url, channel_args=CHANNEL_ARGS)
         self._info: dict[str, ModelInfo] = {}
+        self._shm = ShmPool(shared_memory_slots, max_image_bytes) if shared_memory_slots else None
 
     async def close(self) -> None:
+        if self._shm is not None:
+            await self._shm.close(self._client)
         await self._client.close()
 
     async def ready(self, version: str = "") -> bool:
@@ -92,9 +138,37 @@ class DetectorClient:
 
     async def infer(self, image: np.ndarray, *, conf: float, iou: float, max_det: int,
                     version: str = "") -> InferResult:
-        batch = image[None]
-        inputs = [grpcclient.InferInput("images", list(batch.shape), "UINT8")]
-        inputs[0].set_data_from_numpy(batch)
+        if self._shm is None or image.nbytes > self._shm.regions[0].size:
+            return await self._infer(image, None, conf, iou, max_det, version)
+        region = await self._shm.free.get()
+        try:
+            np.copyto(np.ndarray(image.shape, np.uint8, buffer=region.buf), image)
+            try:
+                if not self._shm.registered:
+                    await self._shm.register(self._client)
+                return await self._infer(image, region, conf, iou, max_det, version)
+            except UpstreamError as exc:
+                if "shared memory" not in exc.message.lower():
+                    raise
+                # Triton restarted and forgot the regions: register them again, once.
+                await self._shm.register(self._client)
+                return await self._infer(image, region, conf, iou, max_det, version)
+            except TritonUnavailable:
+                self._shm.registered = False
+                raise
+            except InferenceServerException as exc:
+                raise _translate(exc, self.model, self.retry_after_s) from None
+        finally:
+            self._shm.free.put_nowait(region)
+
+    async def _infer(self, image: np.ndarray, region: SharedMemory | None, conf: float,
+                     iou: float, max_det: int, version: str) -> InferResult:
+        shape = [1, *image.shape]
+        inputs = [grpcclient.InferInput("images", shape, "UINT8")]
+        if region is None:
+            inputs[0].set_data_from_numpy(image[None])
+        else:
+            inputs[0].set_shared_memory(region.name, image.nbytes)
         for name, value, dtype, np_dtype in (
             ("conf_threshold", conf, "FP32", np.float32),
             ("iou_threshold", iou, "FP32", np.float32),
