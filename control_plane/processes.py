@@ -7,6 +7,7 @@ stubs included), SIGKILL for whatever is left after a grace period.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -32,7 +33,7 @@ class Supervisor:
         log_path = self.log_dir / f"{name}.log"
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_die_with_parent)
         child = Child(name, proc, log_path)
         self.children.append(child)
         return child
@@ -66,6 +67,14 @@ class Supervisor:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel sends it SIGTERM if the supervising process dies,
+    even by SIGKILL, which no handler of ours could catch (Linux PR_SET_PDEATHSIG)."""
+    PR_SET_PDEATHSIG = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

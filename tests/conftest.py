@@ -97,13 +97,14 @@ def stack(seeded_repo, tmp_path_factory):
     while True:
         if proc.poll() is not None:
             pytest.fail(f"visionguard up exited {proc.returncode}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            proc.send_signal(signal.SIGINT)  # let up stop its children before we give up
+            proc.wait(timeout=60)
+            pytest.fail(f"stack not ready:\n{log.read_text()}")
         # Ready when `up` has printed its URLs (after its own readiness checks), as a user sees.
         if "Ctrl-C stops everything" in log.read_text(errors="replace"):
             assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
             break
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"stack not ready:\n{log.read_text()}")
         time.sleep(0.5)
     yield Stack(settings, env, proc, url)
     # Ctrl-C stops Triton, its python-backend stubs and the gateway: nothing keeps the ports.
