@@ -44,14 +44,30 @@ def ensure_model(settings: Settings, weights: str | None) -> None:
                       f"from {model_dir}")
         return
     weights = weights or settings.default_weights
-    if weights.endswith((".yaml", ".yml")):
+    if weights == "bootstrap":
+        weights = str(bootstrap_checkpoint(settings))
+    elif weights.endswith((".yaml", ".yml")):
         console.print(SEEDED_WARNING.format(w=weights))
     from export.pipeline import export_to_repository
 
     with console.status(f"exporting {weights} to ONNX and writing a Triton version..."):
-        result = export_to_repository(weights, settings.model_repository, imgsz=settings.imgsz,
+        result = export_to_repository(weights, settings.model_repository,
                                       name=settings.model_name)
     console.print(f"exported {weights} as {settings.model_name} version {result.version}")
+
+
+def bootstrap_checkpoint(settings: Settings) -> Path:
+    """The offline-trained detector's best.pt: trained (and registered in MLflow) on first use."""
+    best = settings.bootstrap_dir / "train" / "weights" / "best.pt"
+    if best.exists():
+        console.print(f"using the bootstrap detector {best}")
+        return best
+    from control_plane.training import train_command
+
+    console.print("[yellow]no model yet:[/] training the bootstrap detector on generated shapes "
+                  "(offline, CPU; about 10 minutes on 2 cores). `--weights yolov8n.pt` serves "
+                  "the pretrained COCO model instead on a machine that can download it.")
+    return train_command(settings.bootstrap_dir, console=console).best_pt
 
 
 def _interrupt(signum, frame) -> None:
@@ -156,7 +172,8 @@ def export_cmd(
     target: Annotated[str, typer.Option(help="cpu (python backend + onnxruntime) or gpu "
                                               "(TensorRT plan ensemble).")] = "cpu",
     version: Annotated[Optional[int], typer.Option(help="Version number; default next.")] = None,
-    imgsz: Annotated[int, typer.Option(help="Max input side (multiple of 32).")] = 640,
+    imgsz: Annotated[Optional[int], typer.Option(
+        help="Max input side (multiple of 32); default: the checkpoint's training size.")] = None,
     repo: Annotated[Optional[Path], typer.Option(help="Model repository.")] = None,
     max_batch_size: Annotated[int, typer.Option(help="Triton max_batch_size.")] = 8,
     max_queue_delay_us: Annotated[Optional[int], typer.Option(
@@ -179,6 +196,25 @@ def export_cmd(
                                       version=version, target=target, imgsz=imgsz,
                                       batching=batching, name=settings.model_name)
     console.print(f"wrote {result.version_dir} ({len(result.names)} classes)")
+
+
+@app.command()
+def train(
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (data, run, ONNX).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs.")] = None,
+    imgsz: Annotated[Optional[int], typer.Option(help="Training image size.")] = None,
+    n_train: Annotated[Optional[int], typer.Option(help="Generated training images.")] = None,
+    n_val: Annotated[Optional[int], typer.Option(help="Generated validation images.")] = None,
+    seed: Annotated[int, typer.Option(help="Data and training seed.")] = 0,
+) -> None:
+    """Train the bootstrap detector offline on generated shapes; log and register in MLflow."""
+    from control_plane import training
+
+    settings = Settings()
+    overrides = {k: v for k, v in dict(epochs=epochs, imgsz=imgsz, n_train=n_train,
+                                       n_val=n_val).items() if v is not None}
+    training.train_command(out or settings.bootstrap_dir, seed=seed, console=console,
+                           **overrides)
 
 
 @app.command("export-reid")

@@ -31,12 +31,17 @@ class Settings:
     triton_metrics_port: int = field(
         default_factory=lambda: int(_env("VG_TRITON_METRICS_PORT", "8002")))
     gateway_port: int = field(default_factory=lambda: int(_env("VG_GATEWAY_PORT", "8080")))
-    # Default weights for `up` when the repository has no version: the architecture file gives
-    # a seeded model whose detections mean nothing (a warning says so).
-    default_weights: str = field(default_factory=lambda: _env("VG_WEIGHTS", "yolov8n.yaml"))
+    # Default weights for `up` when the repository has no version: "bootstrap" is the detector
+    # trained offline on generated shapes (trained on first use, then reused); a `.yaml`
+    # architecture gives a seeded model whose detections mean nothing (a warning says so).
+    default_weights: str = field(default_factory=lambda: _env("VG_WEIGHTS", "bootstrap"))
     imgsz: int = field(default_factory=lambda: int(_env("VG_IMGSZ", "640")))
     startup_timeout_s: float = field(
         default_factory=lambda: float(_env("VG_STARTUP_TIMEOUT_S", "180")))
+
+    @property
+    def bootstrap_dir(self) -> Path:
+        return self.runtime_dir / "bootstrap"
 
     @property
     def triton_grpc_url(self) -> str:

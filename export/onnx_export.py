@@ -87,10 +87,15 @@ def _prepend_normalisation(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def export_onnx(weights: str | Path, out_path: Path, imgsz: int = 640, opset: int = 17,
+def export_onnx(weights: str | Path, out_path: Path, imgsz: int | None = None, opset: int = 17,
                 seed: int = 0) -> ExportedModel:
-    """Export `weights` to `out_path` (ONNX, uint8 NHWC input, dynamic batch/height/width)."""
+    """Export `weights` to `out_path` (ONNX, uint8 NHWC input, dynamic batch/height/width).
+
+    `imgsz` (the longest side the gateway letterboxes to) defaults to the size the checkpoint
+    was trained at, which is also what Ultralytics' predictor uses for it; 640 for a `.yaml`.
+    """
     yolo = load_yolo(weights, seed)
+    imgsz = imgsz or int(yolo.overrides.get("imgsz") or 640)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vg-export-") as tmp:

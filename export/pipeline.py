@@ -30,7 +30,7 @@ def next_version(repo: Path, name: str = MODEL_NAME) -> int:
 
 
 def export_to_repository(weights: str | Path, repo: Path, *, version: int | None = None,
-                         target: Target = "cpu", imgsz: int = 640, seed: int = 0,
+                         target: Target = "cpu", imgsz: int | None = None, seed: int = 0,
                          batching: BatchingConfig | None = None, intra_op_threads: int = 2,
                          allow_spinning: bool = False, runtime: str = "openvino",
                          name: str = MODEL_NAME) -> ExportResult:
@@ -39,6 +39,7 @@ def export_to_repository(weights: str | Path, repo: Path, *, version: int | None
     version = version or next_version(repo, name)
     with tempfile.TemporaryDirectory(prefix="vg-export-") as tmp:
         exported = export_onnx(weights, Path(tmp) / "model.onnx", imgsz=imgsz, seed=seed)
+        imgsz = exported.imgsz
         cfg = DetectorConfig(names=exported.names, stride=exported.stride, imgsz=imgsz,
                              intra_op_threads=intra_op_threads, allow_spinning=allow_spinning,
                              runtime=runtime,

@@ -268,7 +268,13 @@ def test_dynamic_batching_forms_batches(stack):
     while len(done) < 16 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert done == [None] * 16
-    after = client.get_inference_statistics("detector", "1").model_stats[0]
+    # Triton records statistics just after it answers: wait until all 16 are counted.
+    deadline = time.monotonic() + 10
+    while True:
+        after = client.get_inference_statistics("detector", "1").model_stats[0]
+        if after.inference_count - before.inference_count >= 16 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     inferences = after.inference_count - before.inference_count
     executions = after.execution_count - before.execution_count
     assert inferences == 16

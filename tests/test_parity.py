@@ -117,3 +117,70 @@ def test_nms_keeps_nothing_below_threshold():
     model_py = load_model_py()
     raw = np.zeros((84, 100), np.float32)
     assert model_py.postprocess(raw, 0.25, 0.7, 300).shape == (0, 6)
+
+
+# --- boxes after NMS, through the gateway, on a model that detects something -----------------
+
+def match_detections(ours: list[dict], theirs) -> None:
+    """Same count; each of ours matched to a distinct predictor box: IoU >= 0.95, same class,
+    |score difference| <= 1e-3."""
+    from ultralytics.utils.metrics import box_iou
+
+    assert len(ours) == len(theirs.cls), (len(ours), len(theirs.cls))
+    if not ours:
+        return
+    a = torch.tensor([d["box"] for d in ours], dtype=torch.float32)
+    iou = box_iou(a, theirs.xyxy.float())
+    taken: set[int] = set()
+    for i, d in enumerate(ours):
+        j = int(torch.argmax(iou[i]))
+        assert j not in taken, f"two boxes matched predictor box {j}"
+        taken.add(j)
+        assert float(iou[i, j]) >= 0.95, (d, theirs.xyxy[j].tolist())
+        assert d["class_id"] == int(theirs.cls[j])
+        assert abs(d["score"] - float(theirs.conf[j])) <= 1e-3
+
+
+@pytest.fixture(scope="module")
+def detecting_stack(tmp_path_factory, trained_checkpoint):
+    """Triton + gateway serving a checkpoint trained here on generated shapes."""
+    from dataclasses import replace
+
+    from control_plane.cli import start_stack
+    from control_plane.processes import Supervisor
+    from control_plane.settings import Settings
+    from export.pipeline import export_to_repository
+    from tests.conftest import free_ports
+
+    tmp = tmp_path_factory.mktemp("detecting")
+    http, grpc, metrics, gateway = free_ports(4)
+    settings = replace(Settings(), model_repository=tmp / "repo", runtime_dir=tmp,
+                       triton_http_port=http, triton_grpc_port=grpc,
+                       triton_metrics_port=metrics, gateway_port=gateway)
+    export_to_repository(trained_checkpoint, settings.model_repository, version=1)
+    with Supervisor(tmp / "logs") as supervisor:
+        start_stack(settings, supervisor)
+        yield f"http://127.0.0.1:{gateway}"
+
+
+@pytest.mark.integration
+def test_detections_through_the_gateway_match_the_ultralytics_predictor(
+        detecting_stack, trained_checkpoint, shapes_images):
+    import httpx
+    from ultralytics import YOLO
+
+    predictor = YOLO(str(trained_checkpoint))
+    images = [ultralytics_assets() / "bus.jpg", ultralytics_assets() / "zidane.jpg",
+              *shapes_images]
+    compared = 0
+    for path in images:
+        for conf in (0.25, 0.05, 0.01):
+            r = httpx.post(f"{detecting_stack}/v1/detect", content=path.read_bytes(),
+                           headers={"content-type": "image/jpeg"},
+                           params={"conf": conf}, timeout=60)
+            assert r.status_code == 200, r.text
+            ours = r.json()["detections"]
+            theirs = predictor.predict(str(path), conf=conf, verbose=False)[0].boxes
+            match_detections(ours, theirs)
+            compared += len(ours)
+    assert compared >= 10, "the trained model should detect something on its own data"

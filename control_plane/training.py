@@ -1,0 +1,469 @@
+"""Offline bootstrap: train a small detector on generated shapes and register it in MLflow.
+
+A machine that cannot download weights still gets a detector whose detections mean something:
+`train_bootstrap` generates a labelled dataset (control_plane.synthetic_data), trains a YOLO
+architecture from scratch with Ultralytics on the CPU, evaluates it on the held-out split, exports
+the serving ONNX, logs all of it to one MLflow run and registers the result as a new version of
+the registered model. The first version becomes `champion`; later ones wait for a promotion.
+
+Nothing here touches the network (a test checks it with an audit hook). Left alone, the
+libraries would: Ultralytics runs its MLflow, ClearML, Comet, DVC, Ray Tune, TensorBoard, W&B and
+platform callbacks and usage events from its settings file (we run none: `_without_integrations`),
+checks PyPI for updates (off with YOLO_OFFLINE), downloads Arial.ttf from GitHub when a dataset is
+checked (for plots we do not draw: `_no_font_download`) and a yolo26n.pt for its AMP check (only
+with amp=True on CUDA: we train on the CPU with amp=False); MLflow 3 fetches its telemetry
+configuration (off with MLFLOW_DISABLE_TELEMETRY).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Mapping
+from urllib.parse import urlparse
+
+from control_plane import synthetic_data
+from control_plane.settings import Settings
+
+# Defaults for the bootstrap model `visionguard up` trains on a fresh machine (2 CPU cores): a
+# useful detector in about ten minutes. Measured: see the module's README entry / issue 4 note.
+DEFAULT_IMGSZ = 320
+DEFAULT_EPOCHS = 30
+DEFAULT_N_TRAIN = 1200
+DEFAULT_N_VAL = 300
+DEFAULT_SEED = 0
+DEFAULT_BATCH = 16
+DEFAULT_BASE = "yolov8n.yaml"
+# Ultralytics' hyperparameters we change (any of its train arguments can be overridden through
+# `train_args`): see the note beside each.
+DEFAULT_TRAIN_ARGS: dict[str, object] = {}
+
+EXPERIMENT_NAME = "visionguard-bootstrap"
+REGISTERED_NAME = "detector"
+CHAMPION = "champion"
+MODEL_ARTIFACT_DIR = "model"  # in the run: best.pt and model.onnx; the version's source
+METRIC_MAP50 = "val_mAP50"
+METRIC_MAP = "val_mAP50-95"
+
+
+# --- MLflow store ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MlflowStore:
+    """Where runs and registered models live.
+
+    `artifact_location` is given to experiments we create, so artifacts land beside a SQLite
+    store rather than in ./mlruns of whatever directory the command ran in. A tracking server
+    (http/https URI) decides its own artifact store: None.
+    """
+
+    tracking_uri: str
+    artifact_location: str | None
+
+
+def mlflow_store(tracking_uri: str | None = None, runtime_dir: Path | None = None) -> MlflowStore:
+    """The store to use: `tracking_uri`, else VG_MLFLOW_TRACKING_URI, else SQLite under the
+    runtime directory (`<root>/.visionguard/mlflow.db`, artifacts in `.../mlartifacts`)."""
+    # The one place this module reads the environment (to move into Settings).
+    uri = tracking_uri or os.environ.get("VG_MLFLOW_TRACKING_URI")
+    if not uri:
+        runtime = Path(runtime_dir or Settings().runtime_dir).resolve()
+        runtime.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{runtime / 'mlflow.db'}"
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        db = Path(uri[len("sqlite:///"):]).resolve()
+        return MlflowStore(uri, (db.parent / "mlartifacts").as_uri())
+    if parsed.scheme in ("", "file"):
+        root = Path(parsed.path if parsed.scheme else uri).resolve()
+        return MlflowStore(uri, (root / "mlartifacts").as_uri())
+    return MlflowStore(uri, None)
+
+
+def mlflow_client(store: MlflowStore):
+    _offline()
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=store.tracking_uri, registry_uri=store.tracking_uri)
+
+
+def experiment_id(client, store: MlflowStore, name: str = EXPERIMENT_NAME) -> str:
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    return client.create_experiment(name, artifact_location=store.artifact_location)
+
+
+# --- progress ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """What `train_bootstrap` reports: a stage, and after each epoch its metrics."""
+
+    stage: str  # "data", "train", "evaluate", "export", "register", "done"
+    epoch: int = 0  # epochs completed
+    epochs: int = 0
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+ProgressCallback = Callable[[TrainingProgress], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    registered_name: str
+    version: str
+    champion: str | None  # the version holding the `champion` alias after registration
+    metrics: dict[str, float]  # val_mAP50, val_mAP50-95, ...
+    eval_dataset: str
+    dataset_name: str
+    dataset_hash: str
+    best_pt: Path
+    onnx_path: Path
+    data_yaml: Path
+    train_s: float  # wall time of the Ultralytics training alone
+    total_s: float
+
+
+# --- Ultralytics, offline and quiet ------------------------------------------------------------
+
+def _offline() -> None:
+    """Turn the libraries' own network traffic off, before they are imported.
+
+    Ultralytics reads YOLO_OFFLINE once, at import; MLflow decides on telemetry at import too, so
+    its client is set again for the case where it was imported before us.
+    """
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow.telemetry.client import set_telemetry_client
+
+    set_telemetry_client()
+
+
+def _is_integration(callback) -> bool:
+    module = getattr(callback, "__module__", "") or ""
+    return module == "ultralytics.utils.events" or (
+        module.startswith("ultralytics.utils.callbacks.")
+        and module != "ultralytics.utils.callbacks.base")
+
+
+def _without_integrations(base: type) -> type:
+    """`base` (a trainer or validator class) running only the default callbacks and ours.
+
+    Ultralytics attaches its integrations (MLflow among them, which would open a second run and
+    end ours) from its settings file when a trainer is built; we log to MLflow ourselves.
+    """
+
+    class Offline(base):
+        def run_callbacks(self, event: str) -> None:
+            for callback in self.callbacks.get(event, []):
+                if not _is_integration(callback):
+                    callback(self)
+
+    Offline.__name__ = Offline.__qualname__ = f"Offline{base.__name__}"
+    return Offline
+
+
+@contextlib.contextmanager
+def _no_font_download() -> Iterator[None]:
+    """Ultralytics' dataset check asks for Arial.ttf (for plots we do not draw) and tries to
+    download it when missing: a request that fails or waits for its timeout offline."""
+    import ultralytics.data.utils as data_utils
+
+    original = data_utils.check_font
+    data_utils.check_font = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        data_utils.check_font = original
+
+
+@contextlib.contextmanager
+def _ultralytics_logging(verbose: bool) -> Iterator[None]:
+    """Ultralytics logs every batch (and draws tqdm bars) at INFO: keep that for `verbose`."""
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    if not verbose:
+        LOGGER.setLevel(logging.WARNING)  # also disables its progress bars
+    try:
+        yield
+    finally:
+        LOGGER.setLevel(level)
+
+
+def _metric_key(key: str) -> str:
+    """Ultralytics' names -> MLflow keys (no parentheses): metrics/mAP50(B) -> val/mAP50."""
+    return key.replace("metrics/", "val/").replace("(B)", "")
+
+
+def evaluate(weights: str | Path, data_yaml: str | Path, *, imgsz: int,
+             batch: int = DEFAULT_BATCH, split: str = "val", project: Path | None = None,
+             verbose: bool = False) -> dict[str, float]:
+    """mAP50, mAP50-95, precision and recall of `weights` on a split of `data_yaml` (CPU)."""
+    _offline()
+    import tempfile
+
+    from ultralytics import YOLO
+    from ultralytics.models.yolo.detect import DetectionValidator
+
+    with contextlib.ExitStack() as stack:
+        if project is None:
+            project = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vg-val-")))
+        stack.enter_context(_no_font_download())
+        stack.enter_context(_ultralytics_logging(verbose))
+        model = YOLO(str(weights))
+        metrics = model.val(validator=_without_integrations(DetectionValidator),
+                            data=str(data_yaml), split=split, imgsz=imgsz, batch=batch,
+                            device="cpu", workers=0, plots=False, save_json=False,
+                            project=str(project), name=split, exist_ok=True, verbose=verbose)
+    box = metrics.box
+    result = {"mAP50": float(box.map50), "mAP50-95": float(box.map),
+              "precision": float(box.mp), "recall": float(box.mr)}
+    for c in metrics.ap_class_index:  # the classes that occur in the split
+        result[f"mAP50-95/{model.names[int(c)]}"] = float(box.maps[int(c)])
+    return result
+
+
+# --- registry ----------------------------------------------------------------------------------
+
+def register_version(client, name: str, *, source: str, run_id: str,
+                     tags: Mapping[str, str], description: str = "") -> tuple[str, str | None]:
+    """Add a version of `name` (created if missing); `champion` goes to it only if no version
+    holds it yet. Returns (version, the version holding `champion`)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            raise
+        registered = client.create_registered_model(
+            name, description="YOLO detector served by Triton; aliases: champion (served), "
+                              "challenger (candidate).")
+    mv = client.create_model_version(name, source=source, run_id=run_id,
+                                      tags={k: str(v) for k, v in tags.items()},
+                                      description=description)
+    champion = registered.aliases.get(CHAMPION) if registered.aliases else None
+    if champion is None:
+        client.set_registered_model_alias(name, CHAMPION, mv.version)
+        champion = mv.version
+    return str(mv.version), str(champion)
+
+
+# --- training ----------------------------------------------------------------------------------
+
+def train_bootstrap(out_dir: str | Path, *, epochs: int = DEFAULT_EPOCHS,
+                    imgsz: int = DEFAULT_IMGSZ, n_train: int = DEFAULT_N_TRAIN,
+                    n_val: int = DEFAULT_N_VAL, seed: int = DEFAULT_SEED,
+                    base: str = DEFAULT_BASE, batch: int = DEFAULT_BATCH,
+                    tracking_uri: str | None = None, registered_name: str = REGISTERED_NAME,
+                    progress: ProgressCallback | None = None,
+                    train_args: Mapping[str, object] | None = None,
+                    verbose: bool = False) -> TrainResult:
+    """Generate data, train, evaluate, export, log to MLflow and register; see the module doc.
+
+    `train_args` override Ultralytics' training arguments (over DEFAULT_TRAIN_ARGS); the ones
+    that keep it offline and on the CPU are fixed.
+
+    Writes `out_dir/data/` (the dataset), `out_dir/train/` (Ultralytics' run: weights/best.pt,
+    results.csv), `out_dir/val/` and `out_dir/model.onnx`.
+    """
+    _offline()
+    import torch
+    import ultralytics
+    from mlflow.entities import Metric, Param, RunTag
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    from export.onnx_export import export_onnx, load_yolo
+
+    report = progress or (lambda _p: None)
+    t_start = time.monotonic()
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+
+    report(TrainingProgress("data", 0, epochs))
+    data_yaml = synthetic_data.generate_dataset(out / "data", n_train=n_train, n_val=n_val,
+                                                imgsz=imgsz, seed=seed)
+    ds_name = synthetic_data.dataset_name(seed)
+    ds_hash = synthetic_data.dataset_hash(data_yaml.parent)
+    val_hash = synthetic_data.dataset_hash(data_yaml.parent, "val")
+    eval_dataset = f"{ds_name}/val"
+
+    store = mlflow_store(tracking_uri)
+    client = mlflow_client(store)
+    exp_id = experiment_id(client, store)
+    params = {"epochs": epochs, "imgsz": imgsz, "seed": seed, "base": base, "batch": batch,
+              "n_train": n_train, "n_val": n_val, "dataset_name": ds_name,
+              "dataset_hash": ds_hash, "eval_dataset": eval_dataset,
+              "eval_dataset_hash": val_hash, "classes": ",".join(synthetic_data.SHAPES),
+              "device": "cpu", "ultralytics": ultralytics.__version__,
+              "torch": torch.__version__, "python": platform.python_version()}
+    hyper = {**DEFAULT_TRAIN_ARGS, **(train_args or {})}
+    params.update({f"train.{k}": v for k, v in hyper.items()})
+    run = client.create_run(exp_id, run_name=f"bootstrap-{ds_name}-{imgsz}px-{epochs}ep",
+                            tags={"visionguard.kind": "bootstrap", "dataset": ds_name})
+    run_id = run.info.run_id
+    try:
+        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        _log_datasets(client, run_id, data_yaml.parent, ds_name, ds_hash, val_hash)
+
+        report(TrainingProgress("train", 0, epochs))
+        model = load_yolo(base, seed)  # a .yaml: seeded random weights, trained from scratch
+        model.add_callback("on_fit_epoch_end", _epoch_logger(client, run_id, report))
+        t_train = time.monotonic()
+        with _no_font_download(), _ultralytics_logging(verbose):
+            model.train(trainer=_without_integrations(DetectionTrainer), **{
+                **hyper, "data": str(data_yaml), "epochs": epochs, "imgsz": imgsz,
+                "batch": batch, "seed": seed, "deterministic": True, "device": "cpu",
+                "workers": 0, "amp": False, "plots": False, "val": True, "project": str(out),
+                "name": "train", "exist_ok": True, "verbose": verbose})
+        train_s = time.monotonic() - t_train
+        best = Path(model.trainer.best)
+        if not best.exists():
+            raise RuntimeError(f"training wrote no checkpoint at {best}")
+
+        report(TrainingProgress("evaluate", epochs, epochs))
+        scores = evaluate(best, data_yaml, imgsz=imgsz, batch=batch, project=out,
+                          verbose=verbose)
+        final = {f"val_{k}": v for k, v in scores.items()}
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, v, now, epochs) for k, v in final.items()],
+                         tags=[RunTag("eval_dataset", eval_dataset),
+                               RunTag("eval_dataset_hash", val_hash)])
+
+        report(TrainingProgress("export", epochs, epochs, final))
+        with _ultralytics_logging(verbose):
+            onnx_path = export_onnx(best, out / "model.onnx", imgsz=imgsz).onnx_path
+        client.log_artifact(run_id, str(best), MODEL_ARTIFACT_DIR)
+        client.log_artifact(run_id, str(onnx_path), MODEL_ARTIFACT_DIR)
+        client.log_artifact(run_id, str(data_yaml), "dataset")
+        for name in ("results.csv", "args.yaml"):
+            if (best.parent.parent / name).exists():
+                client.log_artifact(run_id, str(best.parent.parent / name), "training")
+
+        report(TrainingProgress("register", epochs, epochs, final))
+        artifact_uri = client.get_run(run_id).info.artifact_uri
+        source = f"{artifact_uri}/{MODEL_ARTIFACT_DIR}"
+        lineage = {
+            "dataset_name": ds_name, "dataset_hash": ds_hash,
+            "eval_dataset": eval_dataset, "eval_dataset_hash": val_hash,
+            METRIC_MAP50: f"{final[METRIC_MAP50]:.6f}", METRIC_MAP: f"{final[METRIC_MAP]:.6f}",
+            "source_checkpoint": f"{source}/best.pt", "onnx": f"{source}/{onnx_path.name}",
+            "base": base, "epochs": epochs, "imgsz": imgsz, "seed": seed, "batch": batch,
+            "n_train": n_train, "n_val": n_val, "ultralytics": ultralytics.__version__,
+        }
+        version, champion = register_version(
+            client, registered_name, source=source, run_id=run_id, tags=lineage,
+            description=f"{base} trained {epochs} epochs at {imgsz}px on {ds_name}: "
+                        f"mAP50 {final[METRIC_MAP50]:.3f}, mAP50-95 {final[METRIC_MAP]:.3f} "
+                        f"on {eval_dataset}")
+        client.set_tag(run_id, "registered_version", f"{registered_name}/{version}")
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    result = TrainResult(run_id=run_id, experiment_id=exp_id, tracking_uri=store.tracking_uri,
+                         registered_name=registered_name, version=version, champion=champion,
+                         metrics=final, eval_dataset=eval_dataset, dataset_name=ds_name,
+                         dataset_hash=ds_hash, best_pt=best, onnx_path=onnx_path,
+                         data_yaml=data_yaml, train_s=train_s,
+                         total_s=time.monotonic() - t_start)
+    report(TrainingProgress("done", epochs, epochs, final))
+    return result
+
+
+def _epoch_logger(client, run_id: str, report: ProgressCallback):
+    """An Ultralytics on_fit_epoch_end callback: the epoch's losses, validation metrics and
+    learning rates to the run, at step = epochs completed (as in results.csv)."""
+    from mlflow.entities import Metric
+
+    def on_fit_epoch_end(trainer) -> None:
+        epoch = trainer.epoch + 1
+        if epoch > trainer.epochs:  # Ultralytics' last validation of best.pt; we run our own
+            return
+        values = {**trainer.label_loss_items(trainer.tloss, prefix="train"),
+                  **(trainer.metrics or {}), **trainer.lr,
+                  "time/epoch_s": getattr(trainer, "epoch_time", None) or 0.0}
+        values = {_metric_key(k): float(v) for k, v in values.items()
+                  if v is not None and math.isfinite(float(v))}
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, v, now, epoch) for k, v in values.items()])
+        report(TrainingProgress("train", epoch, trainer.epochs, values))
+
+    return on_fit_epoch_end
+
+
+def _log_datasets(client, run_id: str, root: Path, name: str, digest: str,
+                  val_digest: str) -> None:
+    """The run's inputs: the training data and the evaluation split, by name and digest."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    source = json.dumps({"uri": root.as_uri()})
+    inputs = [
+        DatasetInput(Dataset(name, digest[:36], "local", source),
+                     [InputTag("mlflow.data.context", "training")]),
+        DatasetInput(Dataset(f"{name}/val", val_digest[:36], "local", source),
+                     [InputTag("mlflow.data.context", "evaluation")]),
+    ]
+    client.log_inputs(run_id, datasets=inputs)
+
+
+# --- the CLI's side ----------------------------------------------------------------------------
+
+def train_command(out_dir: Path | None = None, *, epochs: int = DEFAULT_EPOCHS,
+                  imgsz: int = DEFAULT_IMGSZ, n_train: int = DEFAULT_N_TRAIN,
+                  n_val: int = DEFAULT_N_VAL, seed: int = DEFAULT_SEED,
+                  base: str = DEFAULT_BASE, batch: int = DEFAULT_BATCH,
+                  tracking_uri: str | None = None, registered_name: str = REGISTERED_NAME,
+                  verbose: bool = False, console=None) -> TrainResult:
+    """`visionguard train`: train_bootstrap with a progress bar over epochs and a summary.
+
+    `out_dir` defaults to `<runtime dir>/bootstrap`.
+    """
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    console = console or Console()
+    out = Path(out_dir) if out_dir else Settings().runtime_dir / "bootstrap"
+    stages = {"data": "generating images", "train": "training", "evaluate": "evaluating best.pt",
+              "export": "exporting ONNX", "register": "registering", "done": "done"}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[scores]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(stages["data"], total=epochs, scores="")
+
+        def on_progress(p: TrainingProgress) -> None:
+            scores = ""
+            if "val/mAP50" in p.metrics:
+                scores = (f"mAP50 {p.metrics['val/mAP50']:.3f}  "
+                          f"mAP50-95 {p.metrics['val/mAP50-95']:.3f}")
+            bar.update(task, completed=p.epoch, description=stages.get(p.stage, p.stage),
+                       **({"scores": scores} if scores else {}))
+
+        result = train_bootstrap(out, epochs=epochs, imgsz=imgsz, n_train=n_train, n_val=n_val,
+                                 seed=seed, base=base, batch=batch, tracking_uri=tracking_uri,
+                                 registered_name=registered_name, progress=on_progress,
+                                 verbose=verbose)
+    m = result.metrics
+    console.print(f"[green]trained[/] {base} {epochs} epochs at {imgsz}px in "
+                  f"{result.train_s / 60:.1f} min: mAP50 {m[METRIC_MAP50]:.3f}, "
+                  f"mAP50-95 {m[METRIC_MAP]:.3f} on {result.eval_dataset}")
+    champion = " (champion)" if result.champion == result.version else (
+        f"; champion stays version {result.champion}")
+    console.print(f"registered {result.registered_name} version {result.version}{champion} "
+                  f"in {result.tracking_uri} (run {result.run_id})")
+    console.print(f"checkpoint {result.best_pt}\nONNX       {result.onnx_path}")
+    return result
