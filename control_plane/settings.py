@@ -39,6 +39,10 @@ class Settings:
     startup_timeout_s: float = field(
         default_factory=lambda: float(_env("VG_STARTUP_TIMEOUT_S", "180")))
 
+    # MLflow tracking and registry; empty: SQLite under runtime_dir (see training.mlflow_store).
+    mlflow_tracking_uri: str = field(
+        default_factory=lambda: _env("VG_MLFLOW_TRACKING_URI", ""))
+
     @property
     def bootstrap_dir(self) -> Path:
         return self.runtime_dir / "bootstrap"

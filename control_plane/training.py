@@ -32,18 +32,30 @@ from urllib.parse import urlparse
 from control_plane import synthetic_data
 from control_plane.settings import Settings
 
-# Defaults for the bootstrap model `visionguard up` trains on a fresh machine (2 CPU cores): a
-# useful detector in about ten minutes. Measured: see the module's README entry / issue 4 note.
-DEFAULT_IMGSZ = 320
-DEFAULT_EPOCHS = 30
-DEFAULT_N_TRAIN = 1200
-DEFAULT_N_VAL = 300
+# Defaults for the bootstrap model `visionguard up` trains on a fresh machine: a useful detector
+# in about ten minutes on 2 CPU cores. Measured on 2 shared cores (seed 0, yolov8n from scratch,
+# 600 train / 150 val images, held-out mAP50 / mAP50-95, training time):
+#   320px, 12 epochs, lr0 0.00125 (Ultralytics' auto)          0.64 / 0.48   596 s
+#   320px, 12 epochs, lr0 0.003                                0.74 / 0.57   577 s
+#   256px, 18 epochs, lr0 0.003 (these defaults)               0.84 / 0.66   554 s
+#   256px, 18 epochs, lr0 0.005, last 8 epochs without mosaic  0.79 / 0.61   594 s
+# At 256px a step costs ~0.6x of 320px, and on this budget more steps beat more pixels. Serve
+# the result at the size it was trained at (the gateway's letterbox size).
+DEFAULT_IMGSZ = 256
+DEFAULT_EPOCHS = 18
+DEFAULT_N_TRAIN = 600
+DEFAULT_N_VAL = 150
 DEFAULT_SEED = 0
 DEFAULT_BATCH = 16
 DEFAULT_BASE = "yolov8n.yaml"
-# Ultralytics' hyperparameters we change (any of its train arguments can be overridden through
-# `train_args`): see the note beside each.
-DEFAULT_TRAIN_ARGS: dict[str, object] = {}
+# Ultralytics' training arguments we change (`train_args` overrides any of its arguments).
+# Also nbs = batch: no gradient accumulation up to 64 images, so 4x the optimizer steps.
+DEFAULT_TRAIN_ARGS: dict[str, object] = {
+    "optimizer": "AdamW",
+    "lr0": 0.003,  # 2.4x its automatic choice for 4 classes: better with this few steps
+    "warmup_epochs": 1,  # (its floor of 100 warmup iterations still applies)
+    "close_mosaic": 6,  # the last third without mosaic: mAP jumps when it stops
+}
 
 EXPERIMENT_NAME = "visionguard-bootstrap"
 REGISTERED_NAME = "detector"
@@ -69,10 +81,10 @@ class MlflowStore:
 
 
 def mlflow_store(tracking_uri: str | None = None, runtime_dir: Path | None = None) -> MlflowStore:
-    """The store to use: `tracking_uri`, else VG_MLFLOW_TRACKING_URI, else SQLite under the
-    runtime directory (`<root>/.visionguard/mlflow.db`, artifacts in `.../mlartifacts`)."""
-    # The one place this module reads the environment (to move into Settings).
-    uri = tracking_uri or os.environ.get("VG_MLFLOW_TRACKING_URI")
+    """The store to use: `tracking_uri`, else Settings' (VG_MLFLOW_TRACKING_URI), else SQLite
+    under the runtime directory (`<root>/.visionguard/mlflow.db`, artifacts in
+    `.../mlartifacts`)."""
+    uri = tracking_uri or Settings().mlflow_tracking_uri
     if not uri:
         runtime = Path(runtime_dir or Settings().runtime_dir).resolve()
         runtime.mkdir(parents=True, exist_ok=True)
@@ -310,7 +322,7 @@ def train_bootstrap(out_dir: str | Path, *, epochs: int = DEFAULT_EPOCHS,
               "eval_dataset_hash": val_hash, "classes": ",".join(synthetic_data.SHAPES),
               "device": "cpu", "ultralytics": ultralytics.__version__,
               "torch": torch.__version__, "python": platform.python_version()}
-    hyper = {**DEFAULT_TRAIN_ARGS, **(train_args or {})}
+    hyper = {"nbs": batch, **DEFAULT_TRAIN_ARGS, **(train_args or {})}
     params.update({f"train.{k}": v for k, v in hyper.items()})
     run = client.create_run(exp_id, run_name=f"bootstrap-{ds_name}-{imgsz}px-{epochs}ep",
                             tags={"visionguard.kind": "bootstrap", "dataset": ds_name})
