@@ -214,6 +214,22 @@ def _ultralytics_logging(verbose: bool) -> Iterator[None]:
         LOGGER.setLevel(level)
 
 
+def _torch_threads(threads: int | None):
+    """A callback that sets torch's CPU threads after Ultralytics has chosen the device.
+
+    Ultralytics' device selection sets cpu_count - 1 threads (one on a 2-core machine), keeping a
+    core for data loading; with workers=0 the loading runs between steps, so we use them all.
+    """
+    n = threads or os.cpu_count() or 1
+
+    def set_threads(_owner) -> None:
+        import torch
+
+        torch.set_num_threads(n)
+
+    return set_threads
+
+
 def _metric_key(key: str) -> str:
     """Ultralytics' names -> MLflow keys (no parentheses): metrics/mAP50(B) -> val/mAP50."""
     return key.replace("metrics/", "val/").replace("(B)", "")
@@ -221,7 +237,7 @@ def _metric_key(key: str) -> str:
 
 def evaluate(weights: str | Path, data_yaml: str | Path, *, imgsz: int,
              batch: int = DEFAULT_BATCH, split: str = "val", project: Path | None = None,
-             verbose: bool = False) -> dict[str, float]:
+             threads: int | None = None, verbose: bool = False) -> dict[str, float]:
     """mAP50, mAP50-95, precision and recall of `weights` on a split of `data_yaml` (CPU)."""
     _offline()
     import tempfile
@@ -235,6 +251,7 @@ def evaluate(weights: str | Path, data_yaml: str | Path, *, imgsz: int,
         stack.enter_context(_no_font_download())
         stack.enter_context(_ultralytics_logging(verbose))
         model = YOLO(str(weights))
+        model.add_callback("on_val_start", _torch_threads(threads))
         metrics = model.val(validator=_without_integrations(DetectionValidator),
                             data=str(data_yaml), split=split, imgsz=imgsz, batch=batch,
                             device="cpu", workers=0, plots=False, save_json=False,
@@ -283,11 +300,11 @@ def train_bootstrap(out_dir: str | Path, *, epochs: int = DEFAULT_EPOCHS,
                     tracking_uri: str | None = None, registered_name: str = REGISTERED_NAME,
                     progress: ProgressCallback | None = None,
                     train_args: Mapping[str, object] | None = None,
-                    verbose: bool = False) -> TrainResult:
+                    threads: int | None = None, verbose: bool = False) -> TrainResult:
     """Generate data, train, evaluate, export, log to MLflow and register; see the module doc.
 
     `train_args` override Ultralytics' training arguments (over DEFAULT_TRAIN_ARGS); the ones
-    that keep it offline and on the CPU are fixed.
+    that keep it offline and on the CPU are fixed. `threads`: torch's CPU threads (all cores).
 
     Writes `out_dir/data/` (the dataset), `out_dir/train/` (Ultralytics' run: weights/best.pt,
     results.csv), `out_dir/val/` and `out_dir/model.onnx`.
@@ -333,6 +350,7 @@ def train_bootstrap(out_dir: str | Path, *, epochs: int = DEFAULT_EPOCHS,
 
         report(TrainingProgress("train", 0, epochs))
         model = load_yolo(base, seed)  # a .yaml: seeded random weights, trained from scratch
+        model.add_callback("on_pretrain_routine_start", _torch_threads(threads))
         model.add_callback("on_fit_epoch_end", _epoch_logger(client, run_id, report))
         t_train = time.monotonic()
         with _no_font_download(), _ultralytics_logging(verbose):
@@ -348,7 +366,7 @@ def train_bootstrap(out_dir: str | Path, *, epochs: int = DEFAULT_EPOCHS,
 
         report(TrainingProgress("evaluate", epochs, epochs))
         scores = evaluate(best, data_yaml, imgsz=imgsz, batch=batch, project=out,
-                          verbose=verbose)
+                          threads=threads, verbose=verbose)
         final = {f"val_{k}": v for k, v in scores.items()}
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, v, now, epochs) for k, v in final.items()],

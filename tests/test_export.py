@@ -55,10 +55,18 @@ def test_version_folder_is_complete_and_configs_parse(seeded_repo):
     assert len(json.loads(cfg.parameters["class_names"].string_value)) == 80
 
 
+MODEL_SPECIFIC = ("class_names", "imgsz")  # differ between checkpoints, by design
+
+
 def test_committed_cpu_config_matches_what_export_writes(seeded_repo):
-    """model_repository/detector/config.pbtxt in git is what `export` generates."""
-    committed = (ROOT / "model_repository" / "detector" / "config.pbtxt").read_text()
-    generated = (seeded_repo / "detector" / "config.pbtxt").read_text()
+    """model_repository/detector/config.pbtxt in git is what `export` generates: the same
+    contract, batching and parameters; only the model's class names and size may differ (git
+    holds the default bootstrap model's, the test exports the seeded architecture)."""
+    committed = parse((ROOT / "model_repository" / "detector" / "config.pbtxt").read_text())
+    generated = parse((seeded_repo / "detector" / "config.pbtxt").read_text())
+    for cfg in (committed, generated):
+        for key in MODEL_SPECIFIC:
+            del cfg.parameters[key]
     assert committed == generated
 
 
