@@ -8,9 +8,9 @@ import httpx
 import pytest
 
 from tests.conftest import gateway_process
-from tracker_service.errors import InvalidRequest
-from tracker_service.streams import (FrameOutOfOrder, StreamNotFound, StreamRegistry,
-                                     TooManyStreams, check_stream_id)
+from tracker_service.errors import (FrameOutOfOrder, InvalidRequest, StreamNotFound,
+                                     TooManyStreams)
+from tracker_service.streams import StreamRegistry, check_stream_id
 
 
 class FakeClock:

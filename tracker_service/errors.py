@@ -59,3 +59,18 @@ class TritonUnavailable(GatewayError):
 class UpstreamError(GatewayError):
     status_code = 502
     code = "triton_error"
+
+
+class FrameOutOfOrder(GatewayError):
+    status_code = 409
+    code = "frame_out_of_order"
+
+
+class TooManyStreams(GatewayError):
+    status_code = 429
+    code = "too_many_streams"
+
+
+class StreamNotFound(GatewayError):
+    status_code = 404
+    code = "stream_not_found"

@@ -15,25 +15,11 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from tracker_service.errors import GatewayError, InvalidRequest
+from tracker_service.errors import (FrameOutOfOrder, InvalidRequest, StreamNotFound,
+                                     TooManyStreams)
 from tracker_service.tracking import Tracker, make_tracker, needs_embeddings
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
-
-
-class FrameOutOfOrder(GatewayError):
-    status_code = 409
-    code = "frame_out_of_order"
-
-
-class TooManyStreams(GatewayError):
-    status_code = 429
-    code = "too_many_streams"
-
-
-class StreamNotFound(GatewayError):
-    status_code = 404
-    code = "stream_not_found"
 
 
 def check_stream_id(stream_id: str, max_length: int) -> str:
