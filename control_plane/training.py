@@ -33,12 +33,13 @@ from control_plane import synthetic_data
 from control_plane.settings import Settings
 
 # Defaults for the bootstrap model `visionguard up` trains on a fresh machine: a useful detector
-# in about ten minutes on 2 CPU cores. Measured on 2 shared cores (seed 0, yolov8n from scratch,
-# 600 train / 150 val images, held-out mAP50 / mAP50-95, training time):
-#   320px, 12 epochs, lr0 0.00125 (Ultralytics' auto)          0.64 / 0.48   596 s
-#   320px, 12 epochs, lr0 0.003                                0.74 / 0.57   577 s
-#   256px, 18 epochs, lr0 0.003 (these defaults)               0.84 / 0.66   554 s
-#   256px, 18 epochs, lr0 0.005, last 8 epochs without mosaic  0.79 / 0.61   594 s
+# in about ten minutes on 2 CPU cores. Measured on 2 shared cores with one torch thread (see
+# `threads` below), seed 0, yolov8n from scratch, 600 train / 150 val images; held-out mAP50 /
+# mAP50-95 and training time (the whole bootstrap, data to registration: 580 s):
+#   320px, 12 epochs, lr0 0.00125 (Ultralytics' auto), close_mosaic 4   0.64 / 0.48   596 s
+#   320px, 12 epochs, lr0 0.003, close_mosaic 4                         0.74 / 0.57   577 s
+#   256px, 18 epochs, lr0 0.003, close_mosaic 6 (these defaults)        0.84 / 0.66   554 s
+#   256px, 18 epochs, lr0 0.005, close_mosaic 8                         0.79 / 0.61   594 s
 # At 256px a step costs ~0.6x of 320px, and on this budget more steps beat more pixels. Serve
 # the result at the size it was trained at (the gateway's letterbox size).
 DEFAULT_IMGSZ = 256
@@ -214,18 +215,14 @@ def _ultralytics_logging(verbose: bool) -> Iterator[None]:
         LOGGER.setLevel(level)
 
 
-def _torch_threads(threads: int | None):
-    """A callback that sets torch's CPU threads after Ultralytics has chosen the device.
-
-    Ultralytics' device selection sets cpu_count - 1 threads (one on a 2-core machine), keeping a
-    core for data loading; with workers=0 the loading runs between steps, so we use them all.
-    """
-    n = threads or os.cpu_count() or 1
+def _torch_threads(threads: int):
+    """A callback that sets torch's CPU threads once Ultralytics has chosen the device (its
+    choice, cpu_count - 1, is set there)."""
 
     def set_threads(_owner) -> None:
         import torch
 
-        torch.set_num_threads(n)
+        torch.set_num_threads(threads)
 
     return set_threads
 
@@ -251,7 +248,8 @@ def evaluate(weights: str | Path, data_yaml: str | Path, *, imgsz: int,
         stack.enter_context(_no_font_download())
         stack.enter_context(_ultralytics_logging(verbose))
         model = YOLO(str(weights))
-        model.add_callback("on_val_start", _torch_threads(threads))
+        if threads:
+            model.add_callback("on_val_start", _torch_threads(threads))
         metrics = model.val(validator=_without_integrations(DetectionValidator),
                             data=str(data_yaml), split=split, imgsz=imgsz, batch=batch,
                             device="cpu", workers=0, plots=False, save_json=False,
@@ -304,7 +302,10 @@ def train_bootstrap(out_dir: str | Path, *, epochs: int = DEFAULT_EPOCHS,
     """Generate data, train, evaluate, export, log to MLflow and register; see the module doc.
 
     `train_args` override Ultralytics' training arguments (over DEFAULT_TRAIN_ARGS); the ones
-    that keep it offline and on the CPU are fixed. `threads`: torch's CPU threads (all cores).
+    that keep it offline and on the CPU are fixed. `threads`: torch's CPU threads; by default
+    Ultralytics' choice, all cores but one (1 on 2 cores). All cores trained 1.6x faster on an
+    idle 2-core machine but 2-4x slower than one thread while another process kept a core busy
+    (OpenMP threads wait for the busy core), so that is for machines known to be idle.
 
     Writes `out_dir/data/` (the dataset), `out_dir/train/` (Ultralytics' run: weights/best.pt,
     results.csv), `out_dir/val/` and `out_dir/model.onnx`.
@@ -337,7 +338,8 @@ def train_bootstrap(out_dir: str | Path, *, epochs: int = DEFAULT_EPOCHS,
               "n_train": n_train, "n_val": n_val, "dataset_name": ds_name,
               "dataset_hash": ds_hash, "eval_dataset": eval_dataset,
               "eval_dataset_hash": val_hash, "classes": ",".join(synthetic_data.SHAPES),
-              "device": "cpu", "ultralytics": ultralytics.__version__,
+              "device": "cpu", "threads": threads or "all but one",
+              "ultralytics": ultralytics.__version__,
               "torch": torch.__version__, "python": platform.python_version()}
     hyper = {"nbs": batch, **DEFAULT_TRAIN_ARGS, **(train_args or {})}
     params.update({f"train.{k}": v for k, v in hyper.items()})
@@ -350,7 +352,8 @@ def train_bootstrap(out_dir: str | Path, *, epochs: int = DEFAULT_EPOCHS,
 
         report(TrainingProgress("train", 0, epochs))
         model = load_yolo(base, seed)  # a .yaml: seeded random weights, trained from scratch
-        model.add_callback("on_pretrain_routine_start", _torch_threads(threads))
+        if threads:
+            model.add_callback("on_pretrain_routine_start", _torch_threads(threads))
         model.add_callback("on_fit_epoch_end", _epoch_logger(client, run_id, report))
         t_train = time.monotonic()
         with _no_font_download(), _ultralytics_logging(verbose):
@@ -393,6 +396,7 @@ def train_bootstrap(out_dir: str | Path, *, epochs: int = DEFAULT_EPOCHS,
             "source_checkpoint": f"{source}/best.pt", "onnx": f"{source}/{onnx_path.name}",
             "base": base, "epochs": epochs, "imgsz": imgsz, "seed": seed, "batch": batch,
             "n_train": n_train, "n_val": n_val, "ultralytics": ultralytics.__version__,
+            "train_args": json.dumps(hyper, sort_keys=True),
         }
         version, champion = register_version(
             client, registered_name, source=source, run_id=run_id, tags=lineage,
@@ -457,7 +461,8 @@ def train_command(out_dir: Path | None = None, *, epochs: int = DEFAULT_EPOCHS,
                   n_val: int = DEFAULT_N_VAL, seed: int = DEFAULT_SEED,
                   base: str = DEFAULT_BASE, batch: int = DEFAULT_BATCH,
                   tracking_uri: str | None = None, registered_name: str = REGISTERED_NAME,
-                  verbose: bool = False, console=None) -> TrainResult:
+                  threads: int | None = None, verbose: bool = False,
+                  console=None) -> TrainResult:
     """`visionguard train`: train_bootstrap with a progress bar over epochs and a summary.
 
     `out_dir` defaults to `<runtime dir>/bootstrap`.
@@ -486,7 +491,7 @@ def train_command(out_dir: Path | None = None, *, epochs: int = DEFAULT_EPOCHS,
         result = train_bootstrap(out, epochs=epochs, imgsz=imgsz, n_train=n_train, n_val=n_val,
                                  seed=seed, base=base, batch=batch, tracking_uri=tracking_uri,
                                  registered_name=registered_name, progress=on_progress,
-                                 verbose=verbose)
+                                 threads=threads, verbose=verbose)
     m = result.metrics
     console.print(f"[green]trained[/] {base} {epochs} epochs at {imgsz}px in "
                   f"{result.train_s / 60:.1f} min: mAP50 {m[METRIC_MAP50]:.3f}, "

@@ -3,6 +3,7 @@ store (SQLite) and registered, with no network traffic."""
 
 from __future__ import annotations
 
+import json
 import math
 import socket
 import sys
@@ -240,8 +241,6 @@ def test_run_artifacts_beside_the_store(trained):
 
 
 def test_logged_onnx_is_the_serving_contract(trained):
-    import json
-
     import onnx
     import onnxruntime as ort
     from mlflow.artifacts import download_artifacts
@@ -271,6 +270,7 @@ def test_version_carries_metrics_and_lineage_and_first_is_champion(trained):
     assert tags["onnx"] == f"{mv.source}/model.onnx"
     assert (tags["base"], tags["epochs"], tags["imgsz"], tags["seed"]) == (
         "yolov8n.yaml", "2", "160", "0")
+    assert json.loads(tags["train_args"])["lr0"] == 0.003
     assert mv.aliases == ["champion"]
     assert first.champion == "1"
 
