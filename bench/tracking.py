@@ -63,20 +63,9 @@ class FilterpySort:
         self.next_id = 1
 
     def _new(self, box: np.ndarray) -> dict:
-        from filterpy.kalman import KalmanFilter
+        from tracker_service.tracking.kalman import reference_filter
 
-        from tracker_service.tracking.kalman import xyxy_to_xysr
-
-        kf = KalmanFilter(dim_x=7, dim_z=4)
-        kf.F = np.eye(7)
-        kf.F[[0, 1, 2], [4, 5, 6]] = 1.0  # cx, cy, s advance by their velocities
-        kf.H = np.eye(4, 7)
-        kf.R[2:, 2:] *= 10.0
-        kf.P[4:, 4:] *= 1000.0
-        kf.P *= 10.0
-        kf.Q[-1, -1] *= 0.01
-        kf.Q[4:, 4:] *= 0.01
-        kf.x[:4] = xyxy_to_xysr(box[None, :4]).T
+        kf = reference_filter(box)
         track = dict(kf=kf, id=self.next_id, since=0, streak=0)
         self.next_id += 1
         return track

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tracker_service.tracking.kalman import SortMotion, XyahMotion, XywhMotion, xysr_to_xyxy, xyxy_to_xysr
+from tracker_service.tracking.kalman import (SortMotion, XyahMotion, XywhMotion, reference_filter,
+                                            xysr_to_xyxy, xyxy_to_xysr)
 
 MODELS = [SortMotion, XyahMotion, XywhMotion]
 
@@ -29,8 +30,6 @@ def _boxes(rng, n):
 
 
 def test_sort_motion_matches_filterpy_track_by_track():
-    from filterpy.kalman import KalmanFilter
-
     rng = np.random.default_rng(0)
     n = 5
     boxes = _boxes(rng, n)
@@ -38,16 +37,7 @@ def test_sort_motion_matches_filterpy_track_by_track():
     x, P = motion.initiate(boxes)
     filters = []
     for b in boxes:  # reference SORT's per-track filter
-        kf = KalmanFilter(dim_x=7, dim_z=4)
-        kf.F = np.eye(7)
-        kf.F[[0, 1, 2], [4, 5, 6]] = 1.0
-        kf.H = np.eye(4, 7)
-        kf.R[2:, 2:] *= 10.0
-        kf.P[4:, 4:] *= 1000.0
-        kf.P *= 10.0
-        kf.Q[-1, -1] *= 0.01
-        kf.Q[4:, 4:] *= 0.01
-        kf.x[:4] = xyxy_to_xysr(b[None]).T
+        kf = reference_filter(b)
         filters.append(kf)
     for step in range(12):
         motion.predict(x, P)

@@ -282,3 +282,21 @@ class XywhMotion:
 
     def valid(self, x: np.ndarray) -> np.ndarray:
         return (x[:, 2] > 0) & (x[:, 3] > 0)
+
+
+def reference_filter(box: np.ndarray):
+    """Reference SORT's per-track filterpy filter for one xyxy box: the oracle that the
+    vectorised filter is tested and benchmarked against (filterpy is imported only here)."""
+    from filterpy.kalman import KalmanFilter
+
+    kf = KalmanFilter(dim_x=7, dim_z=4)
+    kf.F = np.eye(7)
+    kf.F[[0, 1, 2], [4, 5, 6]] = 1.0  # cx, cy, s advance by their velocities
+    kf.H = np.eye(4, 7)
+    kf.R[2:, 2:] *= 10.0
+    kf.P[4:, 4:] *= 1000.0
+    kf.P *= 10.0
+    kf.Q[-1, -1] *= 0.01
+    kf.Q[4:, 4:] *= 0.01
+    kf.x[:4] = xyxy_to_xysr(np.asarray(box, float)[None, :4]).T
+    return kf
