@@ -18,7 +18,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / ".venv"
 STAMP = VENV / ".visionguard-installed"
-DEBIAN_PACKAGES = ("libb64-0d",)  # perf_analyzer links against libb64.so.0d
+# libb64-0d: perf_analyzer links against libb64.so.0d. prometheus: promtool checks the alert rules
+# and a real Prometheus scrapes the stack in the tests.
+DEBIAN_PACKAGES = ("libb64-0d", "prometheus")
 
 
 def _stamp_value() -> str:
@@ -56,7 +58,7 @@ def install_debian_packages() -> None:
         return
     if os.geteuid() != 0:
         print(f"warning: Debian packages {missing} are missing and we are not root: "
-              "perf_analyzer will not run until they are installed", file=sys.stderr)
+              "perf_analyzer and promtool will not run until they are installed", file=sys.stderr)
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     _run(["apt-get", "update", "-qq"], env=env)

@@ -42,6 +42,26 @@ class Settings:
     # MLflow tracking and registry; empty: SQLite under runtime_dir (see training.mlflow_store).
     mlflow_tracking_uri: str = field(
         default_factory=lambda: _env("VG_MLFLOW_TRACKING_URI", ""))
+    # `up` also starts the MLflow UI on this port over the same store (0: not started).
+    mlflow_ui_port: int = field(default_factory=lambda: int(_env("VG_MLFLOW_UI_PORT", "5000")))
+
+    # The control plane's HTTP API (Litestar).
+    control_port: int = field(default_factory=lambda: int(_env("VG_CONTROL_PORT", "8090")))
+    # Where gateways and the CLI find the control plane; empty: http://host:control_port.
+    control_url_override: str = field(default_factory=lambda: _env("VG_CONTROL_URL", ""))
+    # API tokens: a JSON file of {"tokens": [{"name", "sha256", "roles"}]} (see auth.py);
+    # empty: <runtime_dir>/tokens.json, which `visionguard tokens create` writes.
+    tokens_file_override: str = field(default_factory=lambda: _env("VG_TOKENS_FILE", ""))
+    # The token the CLI and gateways present to the control plane.
+    token: str = field(default_factory=lambda: _env("VG_TOKEN", ""))
+
+    @property
+    def control_url(self) -> str:
+        return self.control_url_override or f"http://{self.host}:{self.control_port}"
+
+    @property
+    def tokens_file(self) -> Path:
+        return Path(self.tokens_file_override or self.runtime_dir / "tokens.json")
 
     @property
     def bootstrap_dir(self) -> Path:

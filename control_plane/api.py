@@ -1,0 +1,115 @@
+"""The control plane's HTTP API (Litestar): handlers translate HTTP to a library call.
+
+Every route but /healthz and /metrics needs a bearer token (control_plane.auth). Each feature
+area is one module listed in `feature_modules()`: its `router(settings) -> Router` gives the
+routes, and an optional `lifespan(app)` async context manager opens what they need at run time
+(put on `app.state`) and closes it.
+"""
+
+from __future__ import annotations
+
+from litestar import Litestar, MediaType, Request, Response, get
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from control_plane.auth import TokenStore
+from control_plane.metrics import ControlPlaneMetrics
+from control_plane.settings import Settings
+
+
+class ControlPlaneError(Exception):
+    """A refused call: status code, machine-readable code, message and details."""
+
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, **details) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def body(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message, **self.details}}
+
+
+class NotFound(ControlPlaneError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ControlPlaneError):
+    status_code = 409
+    code = "conflict"
+
+
+class Rejected(ControlPlaneError):
+    """A candidate model failed a check or a gate; the champion keeps serving."""
+
+    status_code = 422
+    code = "candidate_rejected"
+
+
+def _error(request: Request, status: int, body: dict) -> Response:
+    request.app.state.metrics.api_errors.labels(body["error"]["code"]).inc()
+    return Response(body, status_code=status, media_type=MediaType.JSON)
+
+
+def on_control_plane_error(request: Request, exc: ControlPlaneError) -> Response:
+    return _error(request, exc.status_code, exc.body())
+
+
+def on_validation_error(request: Request, exc: ValidationException) -> Response:
+    return _error(request, 400, {"error": {
+        "code": "invalid_parameter", "message": exc.detail, "details": exc.extra}})
+
+
+def on_http_error(request: Request, exc: HTTPException) -> Response:
+    code = {401: "unauthorized", 403: "forbidden", 404: "not_found",
+            405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code,
+                                                                      "http_error")
+    return _error(request, exc.status_code, {"error": {"code": code, "message": exc.detail}})
+
+
+def on_unexpected(request: Request, exc: Exception) -> Response:
+    request.logger.exception("unhandled error")
+    return _error(request, 500, {"error": {
+        "code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}})
+
+
+@get("/healthz", summary="Liveness")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request) -> Response[bytes]:
+    return Response(generate_latest(request.app.state.metrics.registry),
+                    media_type=CONTENT_TYPE_LATEST)
+
+
+def feature_modules() -> list:
+    """The feature areas served; imported here so one list says what the API holds."""
+    return []
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or Settings()
+    modules = feature_modules()
+    routers = [m.router(settings) for m in modules]
+    app = Litestar(
+        route_handlers=[healthz, metrics, *routers],
+        exception_handlers={
+            ControlPlaneError: on_control_plane_error,
+            ValidationException: on_validation_error,
+            HTTPException: on_http_error,
+            Exception: on_unexpected,
+        },
+        openapi_config=OpenAPIConfig(title="VisionGuard control plane", version="0.1.0",
+                                     path="/schema"),
+        lifespan=[m.lifespan for m in modules if hasattr(m, "lifespan")],
+    )
+    app.state.settings = settings
+    app.state.tokens = TokenStore(settings.tokens_file)
+    app.state.metrics = ControlPlaneMetrics()
+    return app
