@@ -69,13 +69,17 @@ def write_input_data(folder: Path, imgsz: int = 640, stride: int = 32) -> tuple[
 def run_perf_analyzer(settings: Settings, *, concurrency: str = "1:4:1", shape: str | None = None,
                       measurement_ms: int = 5000, shared_memory: str = "none",
                       csv_path: Path, console: Console | None = None,
-                      batch_size: int = 1) -> list[dict[str, str]]:
+                      batch_size: int = 1, version: str = "", imgsz: int | None = None,
+                      extra_args: list[str] | None = None) -> list[dict[str, str]]:
+    """perf_analyzer over `concurrency`; `version` pins a model version (Triton's default
+    otherwise), `imgsz` the letterbox size of the input image (default: settings.imgsz)."""
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vg-perf-") as tmp:
-        h, w = write_input_data(Path(tmp) / "data", settings.imgsz)
+        h, w = write_input_data(Path(tmp) / "data", imgsz or settings.imgsz)
         cmd = [
             str(perf_analyzer_path()), "-m", settings.model_name, "-i", "grpc",
+            *(["-x", str(version)] if version else []), *(extra_args or []),
             "-u", settings.triton_grpc_url, "-b", str(batch_size),
             "--concurrency-range", concurrency,
             "--measurement-interval", str(measurement_ms),

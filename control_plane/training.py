@@ -158,6 +158,7 @@ def _offline() -> None:
     """
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow.telemetry.client import set_telemetry_client
 
     set_telemetry_client()
@@ -378,7 +379,8 @@ def train_bootstrap(out_dir: str | Path, *, epochs: int = DEFAULT_EPOCHS,
 
         report(TrainingProgress("export", epochs, epochs, final))
         with _ultralytics_logging(verbose):
-            onnx_path = export_onnx(best, out / "model.onnx", imgsz=imgsz).onnx_path
+            exported = export_onnx(best, out / "model.onnx", imgsz=imgsz)
+        onnx_path = exported.onnx_path
         client.log_artifact(run_id, str(best), MODEL_ARTIFACT_DIR)
         client.log_artifact(run_id, str(onnx_path), MODEL_ARTIFACT_DIR)
         client.log_artifact(run_id, str(data_yaml), "dataset")
@@ -397,6 +399,10 @@ def train_bootstrap(out_dir: str | Path, *, epochs: int = DEFAULT_EPOCHS,
             "base": base, "epochs": epochs, "imgsz": imgsz, "seed": seed, "batch": batch,
             "n_train": n_train, "n_val": n_val, "ultralytics": ultralytics.__version__,
             "train_args": json.dumps(hyper, sort_keys=True),
+            # The serving contract promotion checks candidates against, and where the
+            # evaluation data lives for evaluating later candidates on the same split.
+            "class_names": json.dumps({str(k): v for k, v in sorted(exported.names.items())}),
+            "stride": exported.stride, "eval_data_yaml": str(data_yaml),
         }
         version, champion = register_version(
             client, registered_name, source=source, run_id=run_id, tags=lineage,

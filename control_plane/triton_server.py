@@ -66,8 +66,9 @@ def server_environment() -> dict[str, str]:
         libs.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(libs)
     env.pop("PYTHONPATH", None)
-    # model.py is imported from the repository: leave no __pycache__ in version folders.
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    # The python backend stub imports model.py from the version folder and writes its
+    # __pycache__ there: it does not honour PYTHONDONTWRITEBYTECODE (traced with strace, the
+    # variable set in the stub's environment). Harmless: folders are removed whole.
     return env
 
 
@@ -106,7 +107,23 @@ def command(settings: Settings, models: list[str] | None = None) -> list[str]:
     ]
     for model in models if models is not None else [settings.model_name]:
         cmd.append(f"--load-model={model}")
-    return cmd
+    return cmd + trace_args(settings)
+
+
+def trace_args(settings: Settings) -> list[str]:
+    """Triton's OpenTelemetry trace mode: spans of each traced inference (InferRequest, the
+    model, compute) go over OTLP/HTTP to `settings.traces_url`. A request carrying a W3C
+    `traceparent` (the gateway sends one as gRPC metadata) joins the caller's trace."""
+    if settings.triton_trace_rate <= 0:
+        return []
+    return [
+        "--trace-config=mode=opentelemetry",
+        f"--trace-config=rate={settings.triton_trace_rate}",
+        "--trace-config=level=TIMESTAMPS",
+        "--trace-config=count=-1",
+        f"--trace-config=opentelemetry,url={settings.traces_url}",
+        "--trace-config=opentelemetry,resource=service.name=triton",
+    ]
 
 
 def wait_ready(settings: Settings, proc: subprocess.Popen | None, timeout_s: float,

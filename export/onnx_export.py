@@ -119,3 +119,11 @@ def export_onnx(weights: str | Path, out_path: Path, imgsz: int | None = None, o
         onnx.save(model, tmp_out)
         shutil.move(tmp_out, out_path)
     return ExportedModel(out_path, names, stride, imgsz, str(weights), meta)
+
+
+def read_contract(onnx_path: Path) -> tuple[dict[int, str], int, int]:
+    """(class names, stride, imgsz) from the metadata `export_onnx` writes into the file."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    meta = {p.key: p.value for p in model.metadata_props}
+    names = {int(k): v for k, v in json.loads(meta.get("names", "{}")).items()}
+    return names, int(meta.get("stride", 32)), int(meta.get("imgsz", 640))

@@ -22,6 +22,8 @@ class ExportResult:
     version_dir: Path
     onnx_path: Path
     names: dict[int, str]
+    imgsz: int
+    stride: int
 
 
 def next_version(repo: Path, name: str = MODEL_NAME) -> int:
@@ -66,4 +68,5 @@ def export_to_repository(weights: str | Path, repo: Path, *, version: int | None
             vdir = triton_repo.write_version(repo / name, version, {
                 "model.onnx": exported.onnx_path, "names.json": names_json})
         # Keep the ONNX file beside the version for parity checks and lineage.
-        return ExportResult(version, vdir, vdir / "model.onnx", exported.names)
+        return ExportResult(version, vdir, vdir / "model.onnx", exported.names, imgsz,
+                            exported.stride)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -219,6 +220,43 @@ def remove_version(model_dir: Path, version: int) -> None:
     trash = model_dir / f".removing-{version}-{os.getpid()}"
     os.rename(final, trash)
     shutil.rmtree(trash, ignore_errors=True)
+
+
+_POLICY = re.compile(r"^version_policy:.*$", re.MULTILINE)
+
+
+def version_policy(versions: list[int] | None) -> str:
+    """`all` when None, else `specific` with exactly these versions."""
+    if versions is None:
+        return "version_policy: { all { } }"
+    listed = ", ".join(str(v) for v in sorted(set(versions)))
+    return f"version_policy: {{ specific {{ versions: [ {listed} ] }} }}"
+
+
+def set_served_versions(model_dir: Path, versions: list[int] | None) -> Path:
+    """Rewrite config.pbtxt's version policy (atomically): the versions Triton loads on the
+    next load call. The rest of the config stays as it is."""
+    text = (model_dir / "config.pbtxt").read_text()
+    if not _POLICY.search(text):
+        raise ValueError(f"{model_dir}/config.pbtxt has no version_policy line")
+    return write_config(model_dir, _POLICY.sub(version_policy(versions), text, count=1))
+
+
+def served_versions(model_dir: Path) -> list[int] | None:
+    """The versions config.pbtxt asks Triton to load; None for `all`."""
+    match = _POLICY.search((model_dir / "config.pbtxt").read_text())
+    if match is None or "specific" not in match.group(0):
+        return None
+    return sorted(int(v) for v in re.findall(r"\d+", match.group(0)))
+
+
+_PARAM = re.compile(r'parameters: \{ key: "([^"]+)" value: \{ string_value: ("(?:[^"\\]|\\.)*") \} \}')
+
+
+def config_parameters(model_dir: Path) -> dict[str, str]:
+    """The string parameters of config.pbtxt (class names, stride, imgsz, ...)."""
+    text = (model_dir / "config.pbtxt").read_text()
+    return {key: json.loads(value) for key, value in _PARAM.findall(text)}
 
 
 def versions(model_dir: Path) -> list[int]:

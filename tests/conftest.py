@@ -37,9 +37,11 @@ def free_ports(n: int) -> list[int]:
 
 
 def stack_env(repo: Path, runtime: Path) -> dict[str, str]:
-    http, grpc, metrics, gateway = free_ports(4)
+    http, grpc, metrics, gateway, control, mlflow_ui = free_ports(6)
     return {
         **os.environ,
+        "VG_CONTROL_PORT": str(control),
+        "VG_MLFLOW_UI_PORT": str(mlflow_ui),
         "VG_MODEL_REPOSITORY": str(repo),
         "VG_RUNTIME_DIR": str(runtime),
         "VG_TRITON_HTTP_PORT": str(http),
@@ -59,6 +61,8 @@ def settings_from(env: dict[str, str]):
         triton_grpc_port=int(env["VG_TRITON_GRPC_PORT"]),
         triton_metrics_port=int(env["VG_TRITON_METRICS_PORT"]),
         gateway_port=int(env["VG_GATEWAY_PORT"]),
+        control_port=int(env["VG_CONTROL_PORT"]),
+        mlflow_ui_port=int(env["VG_MLFLOW_UI_PORT"]),
     )
 
 
@@ -83,17 +87,16 @@ class Stack:
     gateway_url: str
 
 
-@pytest.fixture(scope="session")
-def stack(seeded_repo, tmp_path_factory):
-    """`visionguard up` as a user runs it; stopped with SIGINT (Ctrl-C) at the end."""
-    env = stack_env(seeded_repo, tmp_path_factory.mktemp("runtime"))
+@contextmanager
+def run_up(env: dict[str, str], log: Path, timeout_s: float = 240):
+    """`visionguard up` as a user runs it, until it prints its URLs; stopped with SIGINT
+    (Ctrl-C) at the end, which must exit 0 and free the ports."""
     settings = settings_from(env)
-    log = tmp_path_factory.mktemp("logs") / "up.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "control_plane", "up"], env=env,
                                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{settings.gateway_port}"
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + timeout_s
     while True:
         if proc.poll() is not None:
             pytest.fail(f"visionguard up exited {proc.returncode}:\n{log.read_text()}")
@@ -107,12 +110,22 @@ def stack(seeded_repo, tmp_path_factory):
             break
         time.sleep(0.5)
     yield Stack(settings, env, proc, url)
-    # Ctrl-C stops Triton, its python-backend stubs and the gateway: nothing keeps the ports.
+    # Ctrl-C stops Triton, its python-backend stubs, the control plane, the gateway and MLflow:
+    # nothing keeps the ports.
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 0, log.read_text()
-    for port in (settings.triton_http_port, settings.triton_grpc_port, settings.gateway_port):
+    for port in (settings.triton_http_port, settings.triton_grpc_port, settings.gateway_port,
+                 settings.control_port, settings.mlflow_ui_port):
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served"
+
+
+@pytest.fixture(scope="session")
+def stack(seeded_repo, tmp_path_factory):
+    """`visionguard up` on the seeded repository (see run_up)."""
+    env = stack_env(seeded_repo, tmp_path_factory.mktemp("runtime"))
+    with run_up(env, tmp_path_factory.mktemp("logs") / "up.log") as running:
+        yield running
 
 
 @contextmanager

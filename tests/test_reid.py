@@ -174,7 +174,9 @@ def test_user_onnx_with_another_crop_size_is_refused(tmp_path):
 
 def test_version_folder_and_config(reid_repo):
     vdir = reid_repo / "reid" / "1"
-    assert sorted(p.name for p in vdir.iterdir()) == ["model.onnx", "model.py"]
+    # Triton's python backend stub adds __pycache__ once it has loaded the version.
+    assert sorted(p.name for p in vdir.iterdir() if p.name != "__pycache__") == [
+        "model.onnx", "model.py"]
     assert (vdir / "model.py").read_bytes() == MODEL_PY.read_bytes()
     text = (reid_repo / "reid" / "config.pbtxt").read_text()
     cfg = text_format.Parse(text, model_config_pb2.ModelConfig())

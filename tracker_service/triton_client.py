@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import secrets
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import tritonclient.grpc.aio as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from tracker_service.errors import ModelNotFound, TritonUnavailable, UpstreamError
+
+log = logging.getLogger("visionguard.triton_client")
 
 
 @dataclass(frozen=True)
@@ -76,16 +79,26 @@ class ShmPool:
         for region in self.regions:
             self.free.put_nowait(region)
         self.registered = False
+        self.generation = 0  # bumped by each registration
+        self._lock = asyncio.Lock()
 
-    async def register(self, client) -> None:
-        for region in self.regions:
-            try:
-                await client.unregister_system_shared_memory(region.name)
-            except InferenceServerException:
-                pass
-            await client.register_system_shared_memory(region.name, f"/{region.name}",
-                                                       region.size)
-        self.registered = True
+    async def register(self, client, seen_generation: int | None = None) -> None:
+        """(Re-)register every region, once per failure: concurrent requests that saw the same
+        failure wait for one registration instead of racing each other's."""
+        async with self._lock:
+            if seen_generation is not None and seen_generation != self.generation:
+                return  # another request registered them again meanwhile
+            if seen_generation is None and self.registered:
+                return
+            for region in self.regions:
+                try:
+                    await client.unregister_system_shared_memory(region.name)
+                except InferenceServerException:
+                    pass
+                await client.register_system_shared_memory(region.name, f"/{region.name}",
+                                                           region.size)
+            self.registered = True
+            self.generation += 1
 
     async def close(self, client) -> None:
         for region in self.regions:
@@ -121,6 +134,15 @@ class DetectorClient:
         except InferenceServerException:
             return False
 
+    async def inference_statistics(self, timeout_s: float = 2.0) -> list[dict]:
+        """Triton's per-model-version statistics (all loaded models), as JSON dicts."""
+        try:
+            stats = await self._client.get_inference_statistics(
+                "", as_json=True, client_timeout=timeout_s)
+        except InferenceServerException as exc:
+            raise _translate(exc, self.model, self.retry_after_s) from None
+        return stats.get("model_stats", [])
+
     async def model_info(self, version: str = "") -> ModelInfo:
         """Class names, stride and input size from the model's config parameters (cached)."""
         if version in self._info:
@@ -137,22 +159,27 @@ class DetectorClient:
         return info
 
     async def infer(self, image: np.ndarray, *, conf: float, iou: float, max_det: int,
-                    version: str = "") -> InferResult:
+                    version: str = "", headers: dict[str, str] | None = None) -> InferResult:
+        """`headers` go out as gRPC metadata: W3C `traceparent` joins Triton's spans to ours."""
         if self._shm is None or image.nbytes > self._shm.regions[0].size:
-            return await self._infer(image, None, conf, iou, max_det, version)
+            return await self._infer(image, None, conf, iou, max_det, version, headers)
         region = await self._shm.free.get()
         try:
             np.copyto(np.ndarray(image.shape, np.uint8, buffer=region.buf), image)
             try:
                 if not self._shm.registered:
                     await self._shm.register(self._client)
-                return await self._infer(image, region, conf, iou, max_det, version)
+                generation = self._shm.generation
+                return await self._infer(image, region, conf, iou, max_det, version, headers)
             except UpstreamError as exc:
                 if "shared memory" not in exc.message.lower():
                     raise
-                # Triton restarted and forgot the regions: register them again, once.
-                await self._shm.register(self._client)
-                return await self._infer(image, region, conf, iou, max_det, version)
+                # Triton restarted and forgot the regions: register them again (once for all
+                # the requests that saw it) and retry this one.
+                log.warning("re-registering shared memory after: %s", exc.message,
+                            extra={"event": "shm_reregister"})
+                await self._shm.register(self._client, generation)
+                return await self._infer(image, region, conf, iou, max_det, version, headers)
             except TritonUnavailable:
                 self._shm.registered = False
                 raise
@@ -162,7 +189,8 @@ class DetectorClient:
             self._shm.free.put_nowait(region)
 
     async def _infer(self, image: np.ndarray, region: SharedMemory | None, conf: float,
-                     iou: float, max_det: int, version: str) -> InferResult:
+                     iou: float, max_det: int, version: str,
+                     headers: dict[str, str] | None = None) -> InferResult:
         shape = [1, *image.shape]
         inputs = [grpcclient.InferInput("images", shape, "UINT8")]
         if region is None:
@@ -181,7 +209,8 @@ class DetectorClient:
                    grpcclient.InferRequestedOutput("num_detections")]
         try:
             result = await self._client.infer(self.model, inputs, model_version=version,
-                                              outputs=outputs, client_timeout=self.timeout_s)
+                                              outputs=outputs, client_timeout=self.timeout_s,
+                                              headers=headers)
         except InferenceServerException as exc:
             raise _translate(exc, self.model, self.retry_after_s) from None
         dets = result.as_numpy("detections")[0]
