@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from control_plane.auth import TokenStore
 from control_plane.metrics import ControlPlaneMetrics
 from control_plane.settings import Settings
+from tracker_service.telemetry import request_telemetry, setup_logging, setup_tracing
 
 
 class ControlPlaneError(Exception):
@@ -90,11 +91,15 @@ async def metrics(request: Request) -> Response[bytes]:
 
 def feature_modules() -> list:
     """The feature areas served; imported here so one list says what the API holds."""
-    return []
+    from control_plane import collector, drift_api, logs_api, registry_api
+
+    return [registry_api, collector, logs_api, drift_api]
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings()
+    # Its own spans go straight to the traces file the OTLP receiver writes (collector.py).
+    setup_tracing("control-plane", spans_file=settings.traces_file)
     modules = feature_modules()
     routers = [m.router(settings) for m in modules]
     app = Litestar(
@@ -108,7 +113,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=OpenAPIConfig(title="VisionGuard control plane", version="0.1.0",
                                      path="/schema"),
         lifespan=[m.lifespan for m in modules if hasattr(m, "lifespan")],
+        middleware=[request_telemetry("control-plane", quiet_paths=(
+            "/metrics", "/healthz", "/v1/traces", "/v1/routing"))],
     )
+    try:  # mlflow sets up its own log handler when imported: import it first, adopt it below
+        import mlflow  # noqa: F401
+    except ImportError:  # pragma: no cover - the mlflow extra is not installed
+        pass
+    setup_logging("control-plane")  # after Litestar(): it installs a root handler of its own
     app.state.settings = settings
     app.state.tokens = TokenStore(settings.tokens_file)
     app.state.metrics = ControlPlaneMetrics()

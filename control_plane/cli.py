@@ -22,6 +22,18 @@ app.add_typer(serve_app, name="serve")
 app.add_typer(perf_app, name="perf")
 console = Console(soft_wrap=True)  # no hard wraps: URLs stay copyable in logs
 
+from control_plane.model_commands import app as models_app  # noqa: E402
+
+app.add_typer(models_app, name="models")
+
+from control_plane.drift_commands import app as drift_app  # noqa: E402
+
+app.add_typer(drift_app, name="drift")
+
+from control_plane.log_commands import app as logs_app  # noqa: E402
+
+app.add_typer(logs_app, name="logs")
+
 try:  # the tracking commands (`visionguard track eval|render`)
     from tracker_service.track_commands import app as track_app
 
@@ -43,6 +55,21 @@ def ensure_model(settings: Settings, weights: str | None) -> None:
         console.print(f"serving existing versions {triton_repo.versions(model_dir)} "
                       f"from {model_dir}")
         return
+    if weights is None:
+        # The registry's champion, as its own version number (MLflow N = Triton N); the
+        # bootstrap detector is trained and registered first on a machine with none.
+        from control_plane.promotion import serve_champion
+
+        if settings.default_weights == "bootstrap":
+            champion = serve_champion(settings)
+            if champion is None:
+                bootstrap_checkpoint(settings)
+                champion = serve_champion(settings)
+            if champion is not None:
+                console.print(f"serving the registered champion, {champion.name} version "
+                              f"{champion.version} (mAP50-95 {champion.map or 0:.3f} on "
+                              f"{champion.eval_dataset or 'its evaluation set'})")
+                return
     weights = weights or settings.default_weights
     if weights == "bootstrap":
         weights = str(bootstrap_checkpoint(settings))
@@ -77,11 +104,44 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def gateway_env(settings: Settings) -> dict[str, str]:
-    # Same host as Triton: images go through shared memory, not the gRPC message.
-    return {"VG_GATEWAY_SHARED_MEMORY": "1", **os.environ,
+def gateway_env(settings: Settings, token: str = "") -> dict[str, str]:
+    # Same host as Triton: images go through shared memory, not the gRPC message. The
+    # gateway follows the control plane's routing with a token of the `gateway` role.
+    # Spans go to the control plane's OTLP receiver unless the user's OTEL_* name a collector.
+    tracing = {} if settings.user_traces_url else {
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": settings.traces_url,
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"}
+    return {"VG_GATEWAY_SHARED_MEMORY": "1", "OTEL_SERVICE_NAME": "gateway", **os.environ,
+            **tracing,
             "VG_GATEWAY_TRITON_URL": settings.triton_grpc_url,
-            "VG_GATEWAY_MODEL_NAME": settings.model_name}
+            "VG_GATEWAY_MODEL_NAME": settings.model_name,
+            "VG_GATEWAY_CONTROL_URL": settings.control_url,
+            "VG_GATEWAY_CONTROL_TOKEN": token}
+
+
+def control_plane_command(settings: Settings) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "control_plane.api:create_app", "--factory",
+            "--host", settings.host, "--port", str(settings.control_port),
+            "--no-access-log", "--log-level", "warning"]
+
+
+def mlflow_ui_command(settings: Settings) -> list[str]:
+    from control_plane.training import mlflow_store
+
+    store = mlflow_store(settings.mlflow_tracking_uri or None, settings.runtime_dir)
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store.tracking_uri,
+            "--default-artifact-root", store.artifact_location or "./mlartifacts",
+            "--host", settings.host, "--port", str(settings.mlflow_ui_port), "--workers", "1"]
+
+
+def local_tokens(settings: Settings) -> dict[str, str]:
+    """Tokens for this `up`: the gateways' (role gateway) and the operator's (release + sre),
+    made anew each start; the token file keeps only their digests."""
+    from control_plane.auth import TokenStore
+
+    store = TokenStore(settings.tokens_file)
+    return {"gateway": store.create("local-gateway", ["gateway"]),
+            "operator": store.create("local-operator", ["release", "sre"])}
 
 
 def gateway_command(settings: Settings) -> list[str]:
@@ -90,14 +150,17 @@ def gateway_command(settings: Settings) -> list[str]:
             "--no-access-log", "--log-level", "warning"]
 
 
-def start_stack(settings: Settings, supervisor) -> None:
-    """Start Triton, wait for the model, start the gateway, wait for it: raise on failure."""
+def start_stack(settings: Settings, supervisor, tokens: dict[str, str] | None = None) -> None:
+    """Start Triton, wait for the model, then the control plane, the gateway and the MLflow
+    UI, waiting for each: raise on failure."""
     from control_plane import triton_server
     from control_plane.processes import tail, wait_http_ok
 
     triton_server.check_ports_free(settings.host, [
         settings.triton_http_port, settings.triton_grpc_port, settings.triton_metrics_port,
-        settings.gateway_port])
+        settings.gateway_port, settings.control_port,
+        *([settings.mlflow_ui_port] if settings.mlflow_ui_port else [])])
+    tokens = tokens or local_tokens(settings)
     # The reid model (DeepSORT's embeddings) is served too when the repository has a version.
     from export import triton_repo
 
@@ -111,12 +174,24 @@ def start_stack(settings: Settings, supervisor) -> None:
                                  model=settings.model_name)
     except (RuntimeError, TimeoutError) as exc:
         raise RuntimeError(f"{exc}\n--- {triton.log_path} ---\n{tail(triton.log_path)}") from None
-    gateway = supervisor.start("gateway", gateway_command(settings), gateway_env(settings))
-    url = f"http://{settings.host}:{settings.gateway_port}/readyz"
-    try:
-        wait_http_ok(url, gateway.proc, settings.startup_timeout_s, "gateway")
-    except (RuntimeError, TimeoutError) as exc:
-        raise RuntimeError(f"{exc}\n--- {gateway.log_path} ---\n{tail(gateway.log_path)}") from None
+    for name, cmd, env, url in (
+        ("control-plane", control_plane_command(settings), None,
+         f"{settings.control_url}/healthz"),
+        ("gateway", gateway_command(settings), gateway_env(settings, tokens["gateway"]),
+         f"http://{settings.host}:{settings.gateway_port}/readyz"),
+        # The UI only: no job runner (seven huey worker processes), no telemetry.
+        *([("mlflow", mlflow_ui_command(settings),
+            {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+             "MLFLOW_DISABLE_TELEMETRY": "true"},
+            f"http://{settings.host}:{settings.mlflow_ui_port}/health")]
+          if settings.mlflow_ui_port else []),
+    ):
+        child = supervisor.start(name, cmd, env)
+        try:
+            wait_http_ok(url, child.proc, settings.startup_timeout_s, name)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}\n--- {child.log_path} ---\n{tail(child.log_path)}"
+                               ) from None
 
 
 @app.command()
@@ -126,7 +201,8 @@ def up(
              "version, or to export as a new version.")] = None,
     gateway_port: Annotated[Optional[int], typer.Option(help="Gateway HTTP port.")] = None,
 ) -> None:
-    """Start Triton and the gateway as local processes; stop both with Ctrl-C."""
+    """Start Triton, the control plane, the gateway and the MLflow UI as local processes;
+    Ctrl-C stops them all."""
     from control_plane.processes import Supervisor
 
     settings = Settings()
@@ -138,14 +214,19 @@ def up(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _interrupt)
     try:
-        with console.status("starting Triton and the gateway..."):
-            start_stack(settings, supervisor)
+        tokens = local_tokens(settings)
+        with console.status("starting Triton, the control plane, the gateway and MLflow..."):
+            start_stack(settings, supervisor, tokens)
         gw = f"http://{settings.host}:{settings.gateway_port}"
         console.print(f"[green]up[/]  gateway {gw}  (POST {gw}/v1/detect, OpenAPI {gw}/schema, "
                       f"metrics {gw}/metrics)")
         console.print(f"    triton  http {settings.triton_http_url}  grpc "
                       f"{settings.triton_grpc_url}  metrics "
                       f"http://{settings.host}:{settings.triton_metrics_port}/metrics")
+        console.print(f"    control {settings.control_url}  (OpenAPI {settings.control_url}"
+                      f"/schema; operator token, roles release+sre: {tokens['operator']})")
+        if settings.mlflow_ui_port:
+            console.print(f"    mlflow  http://{settings.host}:{settings.mlflow_ui_port}")
         console.print(f"    logs    {supervisor.log_dir}    Ctrl-C stops everything")
     except RuntimeError as exc:
         supervisor.stop()
@@ -246,6 +327,38 @@ def serve_gateway(
 
     uvicorn.run("tracker_service.app:create_app", factory=True, host=host, port=port,
                 access_log=False)
+
+
+@serve_app.command("control-plane")
+def serve_control_plane(
+    port: Annotated[Optional[int], typer.Option(help="HTTP port (default VG_CONTROL_PORT).")
+                    ] = None,
+    host: Annotated[Optional[str], typer.Option(help="Bind address (default VG_HOST).")] = None,
+) -> None:
+    """Run the control plane's HTTP API alone (registry, releases, routing for gateways)."""
+    import uvicorn
+
+    settings = Settings()
+    uvicorn.run("control_plane.api:create_app", factory=True, host=host or settings.host,
+                port=port or settings.control_port, access_log=False)
+
+
+@app.command("token")
+def token_cmd(
+    name: Annotated[str, typer.Argument(help="Who the token is for (shown in the audit log).")],
+    role: Annotated[list[str], typer.Option(
+        help="Role: release, sre, gateway or viewer (repeat for several).")],
+) -> None:
+    """Create an API token for the control plane (printed once; only its digest is kept)."""
+    from control_plane.auth import TokenStore
+
+    settings = Settings()
+    try:
+        token = TokenStore(settings.tokens_file).create(name, role)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    console.print(f"token for {name} ({', '.join(sorted(role))}), kept as a digest in "
+                  f"{settings.tokens_file}:\n{token}")
 
 
 @perf_app.command("triton")

@@ -6,6 +6,8 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
 from typing import Annotated
 
 import cv2
@@ -20,10 +22,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tracker_service.decode import check_media_type
 from tracker_service.detection import DetectionPipeline, DetectOptions, Detections
-from tracker_service.errors import GatewayError, InvalidRequest
+from tracker_service.drift_sampler import DriftSampler
+from tracker_service.errors import GatewayError, InvalidRequest, ModelNotFound
 from tracker_service.metrics import GatewayMetrics
+from tracker_service.routing import DEFAULT, EXPLICIT, RoutingFollower
 from tracker_service.settings import GatewaySettings
 from tracker_service.streams import StreamRegistry
+from tracker_service.telemetry import (annotate, request_telemetry, setup_logging,
+                                       setup_tracing, tracer)
 from tracker_service.tracking import (OUT_AGE, OUT_CLASS, OUT_ID, OUT_SCORE, OUT_STATE,
                                       HistogramEmbedder, TrackState)
 from tracker_service.triton_client import DetectorClient
@@ -97,6 +103,25 @@ def detect_options(conf: float, iou: float, max_det: int, classes: str | None,
     return DetectOptions(conf, iou, max_det, parse_classes(classes), version)
 
 
+async def routed_detect(request: Request, data: bytes, opts: DetectOptions,
+                        stream_id: str | None = None, keep_image: bool = False) -> Detections:
+    """Detect with the version the routing picks (unless the client named one). If the routed
+    version left Triton while this gateway's routing was a poll behind, fetch the routing
+    again and answer with its current choice instead of failing the request."""
+    pipeline: DetectionPipeline = request.app.state.pipeline
+    routing: RoutingFollower = request.app.state.routing
+    version, role = routing.choose(opts.version, stream_id)
+    try:
+        d = await pipeline.detect(data, replace(opts, version=version), keep_image)
+    except ModelNotFound:
+        if role in (EXPLICIT, DEFAULT) or not await routing.refresh():
+            raise
+        version, role = routing.choose("", stream_id)
+        d = await pipeline.detect(data, replace(opts, version=version), keep_image)
+    request.app.state.metrics.routed.labels(d.model_version, role).inc()
+    return d
+
+
 @post("/v1/detect", status_code=200, summary="Detect objects in one image",
       description="Body: a raw image/jpeg, image/png or image/webp, or multipart/form-data with "
                   "a file part. Boxes are xyxy in the original image's pixels.")
@@ -106,7 +131,7 @@ async def detect(request: Request, conf: Conf = 0.25, iou: Iou = 0.7, max_det: M
     opts = detect_options(conf, iou, max_det, classes, version)
     async with pipeline.admit():
         data = await read_image(request)
-        d = await pipeline.detect(data, opts)
+        d = await routed_detect(request, data, opts)
     return DetectResponse(ModelRef(d.model.name, d.model_version), ImageSize(d.width, d.height),
                           detections_body(d), d.timings_ms)
 
@@ -163,11 +188,14 @@ async def stream_frame(request: Request, stream_id: str,
     async with pipeline.admit(), streams.frame(stream_id, frame) as (frame_no, turn):
         data = await read_image(request)
         use_embeddings = streams.needs_embeddings
-        d = await pipeline.detect(data, opts, keep_image=use_embeddings)
+        d = await routed_detect(request, data, opts, stream_id, keep_image=use_embeddings)
         t0 = time.perf_counter()
-        embeddings = await embed(request, d) if use_embeddings else None
-        stream = await turn()
-        tracks = stream.tracker.update(d.as_array(), embeddings)
+        with tracer.start_as_current_span("track", attributes={
+                "stream.id": stream_id, "tracker": request.app.state.settings.tracker}) as span:
+            embeddings = await embed(request, d) if use_embeddings else None
+            stream = await turn()
+            tracks = stream.tracker.update(d.as_array(), embeddings)
+            span.set_attribute("tracks", len(tracks))
         stream.frames_applied += 1
         stream.tracks_reported = len(tracks)
         d.timings_ms["track"] = round((time.perf_counter() - t0) * 1000, 3)
@@ -203,13 +231,15 @@ async def readyz(request: Request) -> Response[dict]:
 
 @get("/metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST)
 async def metrics(request: Request) -> Response[bytes]:
-    registry = request.app.state.metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    gateway_metrics: GatewayMetrics = request.app.state.metrics
+    await gateway_metrics.triton_stats.refresh(request.app.state.client)
+    return Response(generate_latest(gateway_metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def _error_response(request: Request, status: int, body: dict, headers: dict | None = None,
                     kind: str = "") -> Response:
     request.app.state.metrics.errors.labels(kind or body["error"]["code"]).inc()
+    annotate(error_code=body["error"]["code"], error=body["error"].get("message"))
     return Response(body, status_code=status, headers=headers or {},
                     media_type=MediaType.JSON)
 
@@ -268,14 +298,21 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
             max_image_bytes=settings.imgsz * settings.imgsz * 3)
         app.state.client = client
         app.state.pipeline = DetectionPipeline(settings, client, app.state.metrics)
+        app.state.drift = DriftSampler(settings, app.state.metrics)
+        app.state.pipeline.drift = app.state.drift
+        app.state.drift.start()
         app.state.streams = StreamRegistry(settings.tracker, settings.stream_ttl_s,
                                            settings.max_streams, settings.max_stream_id_length)
         app.state.embedder = make_embedder(settings)
+        app.state.routing = RoutingFollower(settings, app.state.metrics)
+        await app.state.routing.start()
         evictor = asyncio.create_task(evict_idle_streams(app))
         try:
             yield
         finally:
             evictor.cancel()
+            await app.state.drift.close()
+            await app.state.routing.close()
             if hasattr(app.state.embedder, "close"):
                 await app.state.embedder.close()
             await client.close()
@@ -292,8 +329,12 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
         openapi_config=OpenAPIConfig(title="VisionGuard gateway", version="0.1.0",
                                      path="/schema"),
         request_max_body_size=settings.max_body_bytes,
-        middleware=[_timing_middleware],
+        middleware=[request_telemetry("gateway"), _timing_middleware],
     )
+    setup_logging("gateway", settings.log_level)  # after Litestar(), which sets its own up
+    setup_tracing("gateway", otlp_endpoint=settings.otlp_traces_endpoint,
+                  otlp_protocol=settings.otlp_protocol,
+                  spans_file=Path(settings.traces_file) if settings.traces_file else None)
     app.state.settings = settings
     app.state.metrics = GatewayMetrics()
     return app

@@ -20,6 +20,7 @@ from tracker_service.errors import Overloaded
 from tracker_service.letterbox import letterbox, to_original
 from tracker_service.metrics import GatewayMetrics
 from tracker_service.settings import GatewaySettings
+from tracker_service.telemetry import annotate, record_span, traceparent_headers, tracer
 from tracker_service.triton_client import DetectorClient, ModelInfo
 
 
@@ -55,7 +56,7 @@ def _prepare(data: bytes, max_pixels: int, imgsz: int, stride: int):
     bgr = decode_image(data, max_pixels)
     t1 = time.perf_counter()
     rgb, geo = letterbox(bgr, imgsz, stride)
-    return bgr, rgb, geo, t1 - t0, time.perf_counter() - t1
+    return bgr, rgb, geo, t1 - t0, time.perf_counter() - t1, t0
 
 
 class DetectionPipeline:
@@ -66,6 +67,9 @@ class DetectionPipeline:
         self.metrics = metrics
         self._pending = 0
         self._slots = asyncio.Semaphore(settings.max_triton_in_flight)
+        # Drift features of sampled requests go here (drift_sampler.DriftSampler; the app
+        # sets it). Never blocks: a full buffer drops the sample.
+        self.drift = None
 
     @property
     def pending(self) -> int:
@@ -87,10 +91,14 @@ class DetectionPipeline:
 
     async def detect(self, data: bytes, opts: DetectOptions, keep_image: bool = False
                      ) -> Detections:
-        start = time.perf_counter()
+        start, wall_start = time.perf_counter(), time.time_ns()
+
+        def ns(t: float) -> int:  # a perf_counter reading as Unix nanoseconds, for spans
+            return wall_start + int((t - start) * 1e9)
+
         info = await self.client.model_info(opts.version)
         imgsz = min(self.settings.imgsz, info.imgsz)
-        bgr, rgb, geo, t_decode, t_pre = await to_thread.run_sync(
+        bgr, rgb, geo, t_decode, t_pre, t_prep = await to_thread.run_sync(
             _prepare, data, self.settings.max_pixels, imgsz, info.stride)
         t_wait = time.perf_counter()
         async with self._slots:
@@ -99,9 +107,16 @@ class DetectionPipeline:
             try:
                 # Ask for every class up to max_det; a class filter applies after per-class NMS,
                 # which is what filtering before it gives, since NMS never crosses classes.
-                result = await self.client.infer(
-                    rgb, conf=opts.conf, iou=opts.iou,
-                    max_det=300 if opts.classes else opts.max_det, version=opts.version)
+                # The span's trace context rides along as gRPC metadata, so Triton's spans
+                # (opentelemetry trace mode) are children of this one.
+                with tracer.start_as_current_span("infer", attributes={
+                        "triton.model": info.name, "triton.requested_version": opts.version,
+                        "image.letterboxed": f"{rgb.shape[1]}x{rgb.shape[0]}"}) as span:
+                    result = await self.client.infer(
+                        rgb, conf=opts.conf, iou=opts.iou,
+                        max_det=300 if opts.classes else opts.max_det, version=opts.version,
+                        headers=traceparent_headers())
+                    span.set_attribute("triton.model_version", result.model_version)
             finally:
                 self.metrics.in_flight.dec()
         t_post = time.perf_counter()
@@ -111,6 +126,12 @@ class DetectionPipeline:
         boxes = to_original(dets[:, :4], geo)
         end = time.perf_counter()
 
+        record_span("decode", ns(t_prep), ns(t_prep + t_decode), bytes=len(data),
+                    image=f"{geo.orig_w}x{geo.orig_h}")
+        record_span("preprocess", ns(t_prep + t_decode), ns(t_prep + t_decode + t_pre))
+        record_span("queue", ns(t_wait), ns(t_infer))
+        record_span("postprocess", ns(t_post), ns(end), detections=len(dets))
+        annotate(model=info.name, model_version=result.model_version, detections=len(dets))
         timings = {"decode": t_decode, "preprocess": t_pre, "queue": t_infer - t_wait,
                    "infer": t_post - t_infer, "postprocess": end - t_post, "total": end - start}
         m = self.metrics
@@ -119,9 +140,13 @@ class DetectionPipeline:
         m.slot_wait.observe(timings["queue"])
         m.triton.labels(info.name, result.model_version).observe(timings["infer"])
         m.model_version.labels(info.name, result.model_version).set(1)
-        m.detections.observe(len(dets))
+        m.detections.labels(result.model_version).observe(len(dets))
+        scores = m.scores.labels(result.model_version)
         for s in dets[:, 4]:
-            m.scores.observe(float(s))
+            scores.observe(float(s))
+        if self.drift is not None:
+            self.drift.offer(bgr, dets[:, 4], boxes, conf=opts.conf, classes=opts.classes,
+                             max_det=opts.max_det, model_version=result.model_version)
         return Detections(boxes, dets[:, 4].copy(), dets[:, 5].astype(np.int64), geo.orig_w,
                           geo.orig_h, info, result.model_version,
                           bgr if keep_image else None,

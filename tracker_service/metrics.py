@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
                    2.0, 5.0, 10.0)
@@ -12,6 +15,7 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.triton_stats = TritonStats(r)
         self.requests = Histogram(
             "visionguard_gateway_request_duration_seconds", "HTTP request duration",
             ["route", "status"], buckets=LATENCY_BUCKETS, registry=r)
@@ -24,12 +28,26 @@ class GatewayMetrics:
         self.slot_wait = Histogram(
             "visionguard_gateway_slot_wait_seconds", "Time waiting for a Triton call slot",
             buckets=LATENCY_BUCKETS, registry=r)
+        # By model version: a canary's challenger is compared with the champion on these.
         self.detections = Histogram(
             "visionguard_detections_per_image", "Detections returned per image",
-            buckets=(0, 1, 2, 5, 10, 20, 50, 100, 300), registry=r)
+            ["version"], buckets=(0, 1, 2, 5, 10, 20, 50, 100, 300), registry=r)
         self.scores = Histogram(
             "visionguard_detection_score", "Scores of returned detections",
-            buckets=(0.1, 0.25, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0), registry=r)
+            ["version"], buckets=(0.1, 0.25, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
+            registry=r)
+        self.routed = Counter(
+            "visionguard_gateway_routed_requests_total",
+            "Detector calls by the version they went to and why (champion, challenger, "
+            "explicit, default)", ["version", "role"], registry=r)
+        self.routing_errors = Counter(
+            "visionguard_gateway_routing_fetch_errors_total",
+            "Failed fetches of the control plane's routing (the last routing stays)",
+            registry=r)
+        self.routing_info = Gauge(
+            "visionguard_gateway_routing_info",
+            "The routing this gateway follows (1 = current)",
+            ["champion", "challenger", "canary_percent"], registry=r)
         self.errors = Counter(
             "visionguard_gateway_errors_total", "Requests that ended in an error, by kind",
             ["kind"], registry=r)
@@ -46,3 +64,66 @@ class GatewayMetrics:
         self.model_version = Gauge(
             "visionguard_model_version_info", "Model versions that served requests (1 = seen)",
             ["model", "version"], registry=r)
+        self.drift_features = Counter(
+            "visionguard_gateway_drift_features_total",
+            "Drift feature samples by outcome: buffered, sent, dropped_full, "
+            "dropped_unreachable, dropped_rejected", ["outcome"], registry=r)
+        for outcome in ("buffered", "sent", "dropped_full", "dropped_unreachable",
+                        "dropped_rejected"):
+            self.drift_features.labels(outcome)
+        self.drift_buffer = Gauge(
+            "visionguard_gateway_drift_buffer_samples",
+            "Drift feature samples waiting to be sent", registry=r)
+
+
+class TritonStats:
+    """Triton's inference statistics, fetched by the gateway at each scrape of /metrics.
+
+    Batch sizes are not on Triton's metrics port (it has request and execution counts, not
+    their distribution over batch sizes); its statistics API has them per model version.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.snapshot: list[dict] = []
+        self.fetch_errors = Counter(
+            "visionguard_gateway_triton_stats_errors_total",
+            "Failed fetches of Triton's inference statistics (the last ones stay)",
+            registry=registry)
+        registry.register(self)
+
+    async def refresh(self, client) -> None:
+        from tracker_service.errors import GatewayError
+
+        try:
+            self.snapshot = await client.inference_statistics()
+        except GatewayError as exc:
+            self.fetch_errors.inc()
+            logging.getLogger(__name__).warning(
+                "cannot fetch Triton's statistics: %s", exc,
+                extra={"event": "triton_stats_error", "error_code": exc.code})
+
+    def collect(self):
+        labels = ["model", "version", "batch_size"]
+        executions = CounterMetricFamily(
+            "visionguard_triton_batch_executions",
+            "Model executions by batch size (Triton's statistics)", labels=labels)
+        inferences = CounterMetricFamily(
+            "visionguard_triton_batch_inferences",
+            "Images (inferences) executed, by the batch size they ran in", labels=labels)
+        loaded = GaugeMetricFamily(
+            "visionguard_triton_model_version_loaded",
+            "Model versions loaded in Triton (1 = loaded)", labels=["model", "version"])
+        for model in self.snapshot:
+            name, version = model.get("name", ""), str(model.get("version", ""))
+            loaded.add_metric([name, version], 1)
+            for batch in model.get("batch_stats", []):
+                size = int(batch.get("batch_size", 0))
+                count = int(batch.get("compute_infer", {}).get("count", 0))
+                executions.add_metric([name, version, str(size)], count)
+                inferences.add_metric([name, version, str(size)], count * size)
+        yield executions
+        yield inferences
+        yield loaded
+
+    def describe(self):
+        return []  # collected live: no fixed series to register up front

@@ -43,3 +43,29 @@ class GatewaySettings:
     max_streams: int = field(default_factory=lambda: int(_env("MAX_STREAMS", "1000")))
     max_stream_id_length: int = field(
         default_factory=lambda: int(_env("MAX_STREAM_ID_LENGTH", "64")))
+    # Tracing (tracker_service/telemetry.py). The OTLP exporter is on when the standard OTel
+    # endpoint variable is set (the SDK reads the rest of OTEL_EXPORTER_OTLP_* itself);
+    # TRACES_FILE also writes spans as JSON lines. Neither: spans still carry trace ids into
+    # logs and Triton, and nothing is exported.
+    otlp_traces_endpoint: str = field(default_factory=lambda: os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")))
+    otlp_protocol: str = field(default_factory=lambda: os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")))
+    traces_file: str = field(default_factory=lambda: _env("TRACES_FILE", ""))
+    log_level: str = field(default_factory=lambda: _env("LOG_LEVEL", "INFO"))
+    # The control plane: routing (which model version serves, canary share) and drift features
+    # go through it. Empty URL: a standalone gateway, Triton's default version serves.
+    control_url: str = field(default_factory=lambda: _env("CONTROL_URL", ""))
+    control_token: str = field(default_factory=lambda: _env("CONTROL_TOKEN", ""))
+    routing_poll_s: float = field(default_factory=lambda: float(_env("ROUTING_POLL_S", "1.0")))
+    # Drift features (tracker_service/drift_sampler.py): the share of requests sampled, samples
+    # per POST, seconds between posts, and the buffer bound (samples over it are dropped and
+    # counted; a request never waits for the control plane).
+    drift_sample_rate: float = field(
+        default_factory=lambda: float(_env("DRIFT_SAMPLE_RATE", "0.25")))
+    drift_batch_size: int = field(default_factory=lambda: int(_env("DRIFT_BATCH_SIZE", "64")))
+    drift_flush_s: float = field(default_factory=lambda: float(_env("DRIFT_FLUSH_S", "5")))
+    drift_max_buffer: int = field(default_factory=lambda: int(_env("DRIFT_MAX_BUFFER", "2048")))
+    drift_post_timeout_s: float = field(
+        default_factory=lambda: float(_env("DRIFT_POST_TIMEOUT_S", "2")))
