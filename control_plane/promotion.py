@@ -86,16 +86,15 @@ class OperationResult:
 
 # --- Triton -----------------------------------------------------------------------------------
 
-class TritonControl:
-    """The calls promotion makes to Triton (HTTP, model control in explicit mode)."""
+class TritonServer:
+    """The calls promotion makes to one Triton (HTTP, model control in explicit mode)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, address: str) -> None:
         import tritonclient.http as httpclient
 
-        self.settings = settings
-        self.client = httpclient.InferenceServerClient(
-            f"{settings.host}:{settings.triton_http_port}", network_timeout=300.0,
-            connection_timeout=10.0)
+        self.address = address
+        self.client = httpclient.InferenceServerClient(address, network_timeout=300.0,
+                                                       connection_timeout=10.0)
 
     def load(self, model: str) -> None:
         self.client.load_model(model)
@@ -134,6 +133,45 @@ class TritonControl:
         result = self.client.infer(model, [images, flag], model_version=str(version))
         count = int(result.as_numpy("num_detections")[0, 0])
         return result.as_numpy("detections")[0][:count], result.as_numpy("raw")[0]
+
+
+def triton_addresses(settings: Settings) -> list[str]:
+    """Every Triton that serves the repository: `VG_TRITON_CONTROL_HOSTS` (host:port, comma-
+    separated; a name with several addresses, such as a headless Service, counts each), else
+    the local one. Resolved at each operation, so scaled-out pods are all reached."""
+    import socket
+
+    entries = [e.strip() for e in settings.triton_control_hosts.split(",") if e.strip()]
+    if not entries:
+        return [f"{settings.host}:{settings.triton_http_port}"]
+    addresses: list[str] = []
+    for entry in entries:
+        host, _, port = entry.rpartition(":")
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        for ip in sorted({info[4][0] for info in infos}):
+            address = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+            if address not in addresses:
+                addresses.append(address)
+    return addresses
+
+
+class TritonControl:
+    """Promotion's view of the serving fleet: every call goes to every Triton."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.servers = [TritonServer(a) for a in triton_addresses(settings)]
+
+    def load(self, model: str) -> None:
+        for server in self.servers:
+            server.load(model)
+
+    def wait_ready(self, model: str, version: int, timeout_s: float) -> tuple[bool, str]:
+        for server in self.servers:
+            ok, reason = server.wait_ready(model, version, timeout_s)
+            if not ok:
+                return False, f"{reason} (Triton {server.address})" if len(self.servers) > 1 \
+                    else reason
+        return True, "READY"
 
 
 # --- golden images ------------------------------------------------------------------------------
@@ -209,10 +247,12 @@ class Promoter:
         on_disk = set(triton_repo.versions(self.model_dir))
         return {int(v) for v in keep if int(v) in on_disk} or on_disk
 
-    def _apply_served(self, versions: set[int]) -> None:
-        """Write the version policy and ask Triton to load the model with it: added versions
-        load, removed ones unload (after their in-flight requests), the rest keep serving."""
-        triton_repo.set_served_versions(self.model_dir, sorted(versions))
+    def _apply_served(self, versions: set[int] | None) -> None:
+        """Write the version policy (None: `all`) and ask Triton to load the model with it:
+        added versions load, removed ones unload (after their in-flight requests), the rest
+        keep serving."""
+        triton_repo.set_served_versions(self.model_dir,
+                                        None if versions is None else sorted(versions))
         self.triton.load(self.model)
 
     def _step(self, steps: list[StepResult], name: str, version: str, fn, *args):
@@ -315,12 +355,13 @@ class Promoter:
         nc = len(self._names(candidate, onnx_path))
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         worst, detections = 0.0, {}
-        for name, rgb in golden_images(imgsz, stride):
+        for (name, rgb), server in ((g, s) for g in golden_images(imgsz, stride)
+                                    for s in self.triton.servers):
             try:
-                dets, raw = self.triton.infer_raw(self.model, int(candidate.version), rgb)
+                dets, raw = server.infer_raw(self.model, int(candidate.version), rgb)
             except InferenceServerException as exc:
                 raise CandidateRejected(f"smoke test on {name} failed: {exc.message()}",
-                                        image=name) from None
+                                        image=name, triton=server.address) from None
             if raw.ndim != 2 or raw.shape[0] != 4 + nc:
                 raise CandidateRejected(
                     f"wrong tensor shapes: raw output {list(raw.shape)} on {name}, expected "
@@ -337,8 +378,8 @@ class Promoter:
                     f"by {diff:.2e} x range on {name} (limit {self.settings.parity_rtol:g})",
                     image=name)
             detections[name] = int(len(dets))
-        return {"images": len(detections), "max_rel_diff": round(worst, 8),
-                "detections": detections}
+        return {"images": len(detections), "tritons": len(self.triton.servers),
+                "max_rel_diff": round(worst, 8), "detections": detections}
 
     def _accuracy_gate(self, candidate: VersionInfo, champion: VersionInfo | None) -> dict:
         tol = self.settings.gate_map_tolerance
@@ -404,6 +445,7 @@ class Promoter:
         champion_v = self.registry.alias(CHAMPION)
         champion = self.registry.get(champion_v) if champion_v else None
         served = self._served()
+        policy_before = triton_repo.served_versions(self.model_dir)
         wrote = False
         try:
             def export() -> dict:
@@ -425,12 +467,12 @@ class Promoter:
                 f"{type(error).__name__}: {error}")
             step = steps[-1].step if steps and not steps[-1].ok else "export"
             self.progress("restoring")
-            try:
-                if int(version) not in served:
-                    self._apply_served(served)
-            finally:
-                if wrote:
-                    triton_repo.remove_version(self.model_dir, int(version))
+            # The folder goes first: under an `all` policy, reloading with it still on disk
+            # would keep the candidate loaded.
+            if wrote:
+                triton_repo.remove_version(self.model_dir, int(version))
+            if int(version) not in served:
+                self._apply_served(policy_before)  # exactly the policy we found
             self.registry.tag_version(version, status="rejected", rejected_step=step,
                                       rejection_reason=exc.message[:500])
             self.audit.record(self.actor, "reject", model=self.model, version=version,

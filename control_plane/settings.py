@@ -70,6 +70,10 @@ class Settings:
         default_factory=lambda: float(_env("VG_ROUTING_DRAIN_S", "3")))
     load_timeout_s: float = field(
         default_factory=lambda: float(_env("VG_LOAD_TIMEOUT_S", "120")))
+    # Every Triton promotion must load versions into (HTTP host:port, comma-separated; a
+    # headless Service's name reaches each pod). Empty: the one at host:triton_http_port.
+    triton_control_hosts: str = field(
+        default_factory=lambda: _env("VG_TRITON_CONTROL_HOSTS", ""))
 
     # Log RAG (control_plane/log_index.py, log_query.py). Index folder; empty:
     # <runtime_dir>/log_index.

@@ -392,3 +392,39 @@ def test_registered_version_carries_metrics_onnx_and_lineage(release, trained_ch
     assert artifacts == {"model/best.pt", "model/model.onnx"}
     # MLflow version N is Triton version N.
     assert (repo_dir(release) / info.version / "model.onnx").exists()
+
+
+def test_promotion_loads_into_every_triton(release, trained_checkpoint, tmp_path):
+    """Scaled out, every Triton serving the repository must hold the version before routing
+    moves: a second Triton on the same repository gets the canary too, and loses it again."""
+    from control_plane import triton_server
+    from control_plane.processes import Supervisor
+    from tests.conftest import free_ports
+
+    http, grpc, metrics = free_ports(3)
+    second = replace(release.settings, triton_http_port=http, triton_grpc_port=grpc,
+                     triton_metrics_port=metrics)
+    candidate = next((v.version for v in release.registry.versions()
+                      if v.tags.get("status") == "rolled_back"), None) or \
+        release.registry.register(trained_checkpoint, eval_data=release.eval_data).version
+    with Supervisor(tmp_path) as supervisor:
+        child = supervisor.start("triton2", triton_server.command(second),
+                                 triton_server.server_environment())
+        triton_server.wait_ready(second, child.proc, 120, model="detector")
+        hosts = (f"127.0.0.1:{release.settings.triton_http_port},"
+                 f"127.0.0.1:{release.settings.triton_http_port},127.0.0.1:{http}")
+        both = promoter(release, triton_control_hosts=hosts)
+        assert [s.address for s in both.triton.servers] == [
+            f"127.0.0.1:{release.settings.triton_http_port}", f"127.0.0.1:{http}"]
+        result = both.canary(candidate, 5)
+        smoke = next(s for s in result.steps if s.step == "smoke_parity")
+        assert smoke.detail["tritons"] == 2
+
+        def ready(port: int) -> bool:
+            url = f"http://127.0.0.1:{port}/v2/models/detector/versions/{candidate}/ready"
+            return httpx.get(url, timeout=5).status_code == 200
+
+        assert ready(release.settings.triton_http_port) and ready(http)
+        both.abort_canary()
+        assert not ready(release.settings.triton_http_port) and not ready(http)
+    assert release.registry.routing().challenger is None
