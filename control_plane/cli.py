@@ -390,5 +390,26 @@ def test(ctx: typer.Context) -> None:
     raise typer.Exit(code)
 
 
+def _log_to_file(settings: Settings) -> None:
+    """The CLI's own events (releases, drift checks) as JSON lines in <runtime>/logs/cli.log,
+    beside the services' logs, where the log index finds them; not on the console, where the
+    commands print their own summaries."""
+    import logging
+
+    from tracker_service.telemetry import JsonFormatter
+
+    try:
+        (settings.runtime_dir / "logs").mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(settings.runtime_dir / "logs" / "cli.log")
+    except OSError:
+        handler = logging.NullHandler()
+    handler.setFormatter(JsonFormatter("cli"))
+    logger = logging.getLogger("visionguard")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def main() -> None:
+    _log_to_file(Settings())
     app()

@@ -191,12 +191,16 @@ def rollback(to: Annotated[Optional[str], typer.Option(
 
 
 @app.command()
-def audit(limit: Annotated[int, typer.Option(help="Entries to show.")] = 30) -> None:
+def audit(limit: Annotated[int, typer.Option(help="Entries to show.")] = 30,
+          steps: Annotated[bool, typer.Option(help="Also each check's entry.")] = False,
+          ) -> None:
     """The release audit log (who, what, when, gate results)."""
     from control_plane.audit import AuditLog
 
     table = Table("time", "actor", "action", "version", "outcome", "detail")
-    for e in AuditLog(Settings().runtime_dir / "audit.jsonl").entries(limit):
+    entries = AuditLog(Settings().runtime_dir / "audit.jsonl").entries(limit * 10)
+    entries = [e for e in entries if steps or not e["action"].startswith("step:")][-limit:]
+    for e in entries:
         detail = {k: v for k, v in e.items()
                   if k not in ("ts", "actor", "action", "model", "version", "outcome", "steps")}
         table.add_row(e["ts"], e["actor"], e["action"], str(e.get("version") or "-"),

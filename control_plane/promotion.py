@@ -491,18 +491,23 @@ class Promoter:
         return OperationResult(action, version, self.registry.routing().as_dict(), steps,
                                time.monotonic() - t0)
 
+    def _routing_for(self, version: str):
+        """The routing, if `version` may become challenger or champion now."""
+        routing = self.registry.routing()
+        if routing.champion == version:
+            raise PromotionError(f"version {version} is already the champion")
+        if routing.challenger and routing.challenger != version:
+            raise PromotionError(f"a canary of version {routing.challenger} is running: "
+                                 "promote or abort it first")
+        return routing
+
     # --- public operations ------------------------------------------------------------------------
 
     def promote(self, version: str | int) -> OperationResult:
         version = str(version)
         t0, steps = time.monotonic(), []
         with self._exclusive(f"promote {version}"):
-            routing = self.registry.routing()
-            if routing.champion == version:
-                raise PromotionError(f"version {version} is already the champion")
-            if routing.challenger and routing.challenger != version:
-                raise PromotionError(f"a canary of version {routing.challenger} is running: "
-                                     "promote or abort it first")
+            routing = self._routing_for(version)
             self.audit.record(self.actor, "promote", model=self.model, version=version,
                               outcome="started", champion=routing.champion)
             if routing.challenger != version:  # a running canary already passed the checks
@@ -536,12 +541,7 @@ class Promoter:
             raise PromotionError(f"canary percent must be in (0, 100], got {percent:g}")
         t0, steps = time.monotonic(), []
         with self._exclusive(f"canary {version}"):
-            routing = self.registry.routing()
-            if routing.champion == version:
-                raise PromotionError(f"version {version} is the champion already")
-            if routing.challenger and routing.challenger != version:
-                raise PromotionError(f"a canary of version {routing.challenger} is running: "
-                                     "promote or abort it first")
+            routing = self._routing_for(version)
             if routing.challenger != version:
                 self.audit.record(self.actor, "canary", model=self.model, version=version,
                                   outcome="started", percent=percent)

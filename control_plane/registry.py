@@ -106,6 +106,15 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def dataset_label(data_yaml: Path) -> str:
+    """A dataset's name: the generator's header comment (`# synthetic-shapes-v1-seed0: ...`),
+    else its folder's name."""
+    first = Path(data_yaml).read_text().splitlines()[:1]
+    if first and first[0].startswith("#") and ":" in first[0]:
+        return first[0][1:].split(":", 1)[0].strip()
+    return Path(data_yaml).parent.name
+
+
 class Registry:
     def __init__(self, settings: Settings | None = None, name: str | None = None) -> None:
         self.settings = settings or Settings()
@@ -241,7 +250,7 @@ class Registry:
         imgsz = int(train_args.get("imgsz") or yolo.overrides.get("imgsz") or 640)
         names = {int(k): str(v) for k, v in yolo.names.items()}
         eval_hash = synthetic_data.dataset_hash(data_yaml.parent, "val")
-        eval_name = f"{data_yaml.parent.name}/val@{eval_hash[:8]}"
+        eval_name = f"{dataset_label(data_yaml)}/val@{eval_hash[:8]}"
         digest = file_sha256(checkpoint)
 
         exp = training.experiment_id(self.client, self.store, REGISTRY_EXPERIMENT)
