@@ -157,9 +157,16 @@ def champion_version(client, name: str) -> str:
 
 
 def rebuild_eval_split(tags: dict, out_dir: Path) -> list[Path]:
-    """The version's evaluation images, regenerated from its lineage and checked by hash."""
+    """The version's evaluation images: the recorded evaluation data if it is still on this
+    machine (versions from `visionguard models register`), else regenerated from the training
+    lineage; either way checked against the recorded hash."""
     from control_plane import synthetic_data
 
+    recorded = tags.get("eval_data_yaml")
+    if recorded and Path(recorded).is_file():
+        root = Path(recorded).parent
+        if synthetic_data.dataset_hash(root, "val") == tags.get("eval_dataset_hash"):
+            return sorted((root / "images" / "val").glob("*.jpg"))
     try:
         seed, n_val, imgsz = int(tags["seed"]), int(tags["n_val"]), int(tags["imgsz"])
         expected = tags["eval_dataset_hash"]

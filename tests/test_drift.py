@@ -138,6 +138,23 @@ def test_reference_window_rebuilt_from_lineage_and_cached(world, reference):
         build_reference(replace(settings, model_name="no-such-model"))
 
 
+def test_registered_versions_use_their_recorded_evaluation_data(tmp_path):
+    """`visionguard models register` records a data.yaml, not the generator's seed: its images
+    serve as they are when their hash still matches, and nothing else is accepted."""
+    from control_plane import synthetic_data
+    from control_plane.drift import rebuild_eval_split
+
+    data_yaml = synthetic_data.generate_dataset(tmp_path / "d", n_train=0, n_val=3, imgsz=96,
+                                                seed=5)
+    digest = synthetic_data.dataset_hash(data_yaml.parent, "val")
+    images = rebuild_eval_split({"eval_data_yaml": str(data_yaml), "eval_dataset_hash": digest},
+                                tmp_path / "unused")
+    assert [p.parent for p in images] == [data_yaml.parent / "images" / "val"] * 3
+    with pytest.raises(DriftError):
+        rebuild_eval_split({"eval_data_yaml": str(data_yaml), "eval_dataset_hash": "0" * 64},
+                           tmp_path / "other")
+
+
 @pytest.mark.parametrize("shift", sorted(SHIFTS))
 def test_generated_shifts_are_detected(world, detector, shift):
     live = generated_features(world["detector"], n=WINDOW, seed=LIVE_SEED, imgsz=IMGSZ,
