@@ -114,7 +114,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
                                      path="/schema"),
         lifespan=[m.lifespan for m in modules if hasattr(m, "lifespan")],
         middleware=[request_telemetry("control-plane", quiet_paths=(
-            "/metrics", "/healthz", "/v1/traces", "/v1/routing"))],
+            # Machine feeds: scrapes, probes, spans, the gateways' routing polls and drift
+            # feature batches. Logged only when they fail.
+            "/metrics", "/healthz", "/v1/traces", "/v1/routing", "/v1/drift/features"))],
     )
     try:  # mlflow sets up its own log handler when imported: import it first, adopt it below
         import mlflow  # noqa: F401

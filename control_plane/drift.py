@@ -478,7 +478,11 @@ class DriftMonitor:
                  "n_reference": result.n_reference, "drifted_features": result.drifted_features,
                  "mmd_p_value": mmd["p_value"], "mmd_distance": mmd["distance"]}
         if result.drift:
-            log.warning("data drift detected", extra=event)
+            log.warning("drift alert: data drift detected on %s (MMD p=%.3g, distance %.3g; "
+                        "%d live vs %d reference samples)",
+                        ", ".join(result.drifted_features) or "the joint distribution",
+                        mmd["p_value"], mmd["distance"], result.n_live, result.n_reference,
+                        extra=event)
             if self.settings.drift_retrain_on_drift:
                 request = self.retraining.open(result)
                 if request is not None:

@@ -92,11 +92,12 @@ class ShmPool:
                 return
             for region in self.regions:
                 try:
-                    await client.unregister_system_shared_memory(region.name)
+                    await client.unregister_system_shared_memory(region.name,
+                                                                 client_timeout=10)
                 except InferenceServerException:
                     pass
                 await client.register_system_shared_memory(region.name, f"/{region.name}",
-                                                           region.size)
+                                                           region.size, client_timeout=10)
             self.registered = True
             self.generation += 1
 
@@ -130,7 +131,8 @@ class DetectorClient:
 
     async def ready(self, version: str = "") -> bool:
         try:
-            return await self._client.is_model_ready(self.model, version)
+            return await self._client.is_model_ready(self.model, version,
+                                                     client_timeout=self.timeout_s)
         except InferenceServerException:
             return False
 
@@ -148,7 +150,8 @@ class DetectorClient:
         if version in self._info:
             return self._info[version]
         try:
-            config = (await self._client.get_model_config(self.model, version, as_json=True))
+            config = await self._client.get_model_config(
+                self.model, version, as_json=True, client_timeout=self.timeout_s)
         except InferenceServerException as exc:
             raise _translate(exc, self.model, self.retry_after_s) from None
         params = {k: v["string_value"] for k, v in config["config"].get("parameters", {}).items()}
