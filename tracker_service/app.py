@@ -29,7 +29,7 @@ from tracker_service.routing import DEFAULT, EXPLICIT, RoutingFollower
 from tracker_service.settings import GatewaySettings
 from tracker_service.streams import StreamRegistry
 from tracker_service.telemetry import (annotate, request_telemetry, setup_logging,
-                                       setup_tracing, tracer)
+                                       setup_tracing, status_recorder, tracer)
 from tracker_service.tracking import (OUT_AGE, OUT_CLASS, OUT_ID, OUT_SCORE, OUT_STATE,
                                       HistogramEmbedder, TrackState)
 from tracker_service.triton_client import DetectorClient
@@ -348,13 +348,7 @@ def _timing_middleware(app):
             await app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = {"code": 500}
-
-        async def send_wrapper(message):
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
+        send_wrapper, status = status_recorder(send)
         try:
             await app(scope, receive, send_wrapper)
         finally:

@@ -274,6 +274,19 @@ def _header_getter(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in headers}
 
 
+def status_recorder(send):
+    """(send wrapper, status holder): the wrapper passes messages on and keeps the response's
+    status code in `holder["code"]` (500 until a response starts)."""
+    holder = {"code": 500}
+
+    async def send_wrapper(message):
+        if message["type"] == "http.response.start":
+            holder["code"] = message["status"]
+        await send(message)
+
+    return send_wrapper, holder
+
+
 def request_telemetry(service: str, quiet_paths: Sequence[str] = ("/metrics", "/healthz",
                                                                    "/readyz")):
     """ASGI middleware factory (Litestar `middleware=[...]`).
@@ -285,13 +298,8 @@ def request_telemetry(service: str, quiet_paths: Sequence[str] = ("/metrics", "/
 
     def factory(app):
         async def quiet(scope, receive, send):
-            start, status = time.perf_counter(), {"code": 500}
-
-            async def send_wrapper(message):
-                if message["type"] == "http.response.start":
-                    status["code"] = message["status"]
-                await send(message)
-
+            start = time.perf_counter()
+            send_wrapper, status = status_recorder(send)
             try:
                 await app(scope, receive, send_wrapper)
             finally:
