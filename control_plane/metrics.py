@@ -29,6 +29,15 @@ class ControlPlaneMetrics:
         self.log_index_documents = Gauge(
             "visionguard_log_index_documents", "Events (log lines and spans) in the log index",
             registry=r)
+        # Known label values start at 0, so dashboards and alerts see the series before the
+        # first event.
+        for code in ("unauthorized", "forbidden", "not_found", "invalid_parameter", "conflict",
+                     "busy", "candidate_rejected", "internal_error"):
+            self.api_errors.labels(code)
+        for service in ("gateway", "triton"):
+            self.spans_received.labels(service)
+        for mode in ("bm25", "embedding", "hybrid"):
+            self.log_query_seconds.labels(mode)
         self._drift(r)
 
     def _drift(self, r: CollectorRegistry) -> None:
@@ -72,3 +81,65 @@ class ControlPlaneMetrics:
         self.drift_distance.labels("mmd", "all").set(float("nan"))
         for detector in ("ks", "mmd", "any"):
             self.drift_detected.labels(detector).set(float("nan"))
+
+
+RELEASE_ACTIONS = ("register", "promote", "canary", "canary_abort", "rollback", "reject")
+
+
+class ReleaseCollector:
+    """Release state at scrape time, whoever changed it (the CLI or the API): the aliases
+    and canary share from MLflow, and counts of audit-log events by action and outcome (the
+    log is append-only, so they behave as counters)."""
+
+    def __init__(self, registry, audit_path) -> None:
+        self.model_registry = registry
+        self.audit_path = audit_path
+
+    def collect(self):
+        import json
+
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from control_plane.registry import CHALLENGER, CHAMPION, PREVIOUS
+
+        aliases = GaugeMetricFamily(
+            "visionguard_model_alias_info",
+            "Model version holding each release alias (1; 0 with version \"\" when unset)",
+            labels=["model", "alias", "version"])
+        canary = GaugeMetricFamily("visionguard_canary_percent",
+                                   "Share of streams routed to the challenger", labels=["model"])
+        model = self.model_registry.name
+        try:
+            routing = self.model_registry.routing()
+            previous = self.model_registry.alias(PREVIOUS)
+        except Exception:  # noqa: BLE001 - MLflow unreachable: say nothing rather than fail
+            routing, previous = None, None
+        if routing is not None:
+            for alias, version in ((CHAMPION, routing.champion),
+                                   (CHALLENGER, routing.challenger), (PREVIOUS, previous)):
+                aliases.add_metric([model, alias, version or ""], 1.0 if version else 0.0)
+            canary.add_metric([model], routing.canary_percent)
+        events = CounterMetricFamily(
+            "visionguard_release_events",
+            "Release audit-log events by action and outcome (CLI and API alike)",
+            labels=["action", "outcome"])
+        counts = {(a, "ok"): 0 for a in RELEASE_ACTIONS if a != "reject"}
+        counts.update({("promote", "started"): 0, ("canary", "started"): 0,
+                       ("reject", "rejected"): 0})
+        try:
+            with open(self.audit_path) as f:
+                for line in f:
+                    try:
+                        entry = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if not entry.get("action", "").startswith("step:"):
+                        key = (entry.get("action", ""), entry.get("outcome", ""))
+                        counts[key] = counts.get(key, 0) + 1
+        except FileNotFoundError:
+            pass
+        for (action, outcome), n in sorted(counts.items()):
+            events.add_metric([action, outcome], n)
+        yield aliases
+        yield canary
+        yield events

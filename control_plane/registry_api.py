@@ -20,6 +20,7 @@ from litestar.params import Parameter
 from control_plane.api import Conflict, ControlPlaneError, NotFound, Rejected
 from control_plane.audit import AuditLog
 from control_plane.auth import principal_of, requires
+from control_plane.metrics import ReleaseCollector
 from control_plane.promotion import Busy, CandidateRejected, PromotionError, Promoter
 from control_plane.registry import Registry, RegistryError, UnknownVersion
 from control_plane.settings import Settings
@@ -176,6 +177,8 @@ def router(settings: Settings) -> Router:
 @asynccontextmanager
 async def lifespan(app: Litestar) -> AsyncIterator[None]:
     app.state.registry = await to_thread.run_sync(Registry, app.state.settings)
+    app.state.metrics.registry.register(ReleaseCollector(
+        app.state.registry, app.state.settings.runtime_dir / "audit.jsonl"))
     app.state.routing_cache = {}
     app.state.gateways = {}
     yield

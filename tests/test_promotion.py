@@ -378,6 +378,18 @@ def test_http_api_needs_tokens_and_roles_and_says_why(release):
     gateways = httpx.get(f"{url}/v1/gateways", headers=auth["viewer"]).json()["gateways"]
     assert gateways, "the gateway polls the routing"
 
+    # Release state in the control plane's metrics, whoever acted (CLI-style library calls
+    # in the earlier tests, the API here): aliases from MLflow, events from the audit log.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(httpx.get(f"{url}/metrics").text)
+               for s in f.samples}
+    champion = (("alias", "champion"), ("model", "detector"), ("version", release.champion))
+    assert samples[("visionguard_model_alias_info", champion)] == 1.0
+    rejected = (("action", "reject"), ("outcome", "rejected"))
+    assert samples[("visionguard_release_events_total", rejected)] >= 1
+
 
 def test_registered_version_carries_metrics_onnx_and_lineage(release, trained_checkpoint):
     info = release.registry.get(release.champion)
