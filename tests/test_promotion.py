@@ -440,3 +440,23 @@ def test_promotion_loads_into_every_triton(release, trained_checkpoint, tmp_path
         both.abort_canary()
         assert not ready(release.settings.triton_http_port) and not ready(http)
     assert release.registry.routing().challenger is None
+
+
+def test_a_routed_challenger_triton_lacks_falls_back_to_the_champion(release, shapes_images):
+    """Routing names a challenger no Triton serves (a repository restored from elsewhere): the
+    gateway answers with the champion instead of failing the stream's requests."""
+    reg = release.registry
+    version = register_artifact(release, repo_dir(release) / release.champion / "model.onnx",
+                                "never-loaded")
+    reg.set_alias("challenger", version)
+    reg.set_canary_percent(100)
+    try:
+        time.sleep(1.5)  # the gateway polls every 0.5 s
+        r = httpx.post(f"{release.gateway_url}/v1/streams/fallback/frames",
+                       content=shapes_images[0].read_bytes(),
+                       headers={"content-type": "image/jpeg"}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"]["version"] == release.champion
+    finally:
+        reg.delete_alias("challenger")
+        reg.set_canary_percent(0)

@@ -25,7 +25,7 @@ from tracker_service.detection import DetectionPipeline, DetectOptions, Detectio
 from tracker_service.drift_sampler import DriftSampler
 from tracker_service.errors import GatewayError, InvalidRequest, ModelNotFound
 from tracker_service.metrics import GatewayMetrics
-from tracker_service.routing import DEFAULT, EXPLICIT, RoutingFollower
+from tracker_service.routing import CHALLENGER, CHAMPION, DEFAULT, EXPLICIT, RoutingFollower
 from tracker_service.settings import GatewaySettings
 from tracker_service.streams import StreamRegistry
 from tracker_service.telemetry import (annotate, request_telemetry, setup_logging,
@@ -114,9 +114,17 @@ async def routed_detect(request: Request, data: bytes, opts: DetectOptions,
     try:
         d = await pipeline.detect(data, replace(opts, version=version), keep_image)
     except ModelNotFound:
-        if role in (EXPLICIT, DEFAULT) or not await routing.refresh():
+        if role in (EXPLICIT, DEFAULT):
             raise
+        failed = version
+        await routing.refresh()
         version, role = routing.choose("", stream_id)
+        if version == failed and role == CHALLENGER and routing.table.champion:
+            # The challenger is routed but not served (e.g. a repository without it): the
+            # champion answers rather than the client getting an error.
+            version, role = routing.table.champion, CHAMPION
+        elif version == failed:
+            raise
         d = await pipeline.detect(data, replace(opts, version=version), keep_image)
     request.app.state.metrics.routed.labels(d.model_version, role).inc()
     return d
