@@ -119,9 +119,17 @@ def gateway_env(settings: Settings, token: str = "") -> dict[str, str]:
             "VG_GATEWAY_CONTROL_TOKEN": token}
 
 
+# Idle keep-alive connections to the control plane stay open this long. uvicorn's default
+# (5 s) equals the OTLP exporters' batch interval, so Triton's exporter kept sending on
+# connections uvicorn was closing ("Connection reset by peer"), and Triton 2.48's
+# opentelemetry-cpp can crash on a failed export (triton-inference-server/server#6202).
+CONTROL_PLANE_KEEP_ALIVE_S = 600
+
+
 def control_plane_command(settings: Settings) -> list[str]:
     return [sys.executable, "-m", "uvicorn", "control_plane.api:create_app", "--factory",
             "--host", settings.host, "--port", str(settings.control_port),
+            "--timeout-keep-alive", str(CONTROL_PLANE_KEEP_ALIVE_S),
             "--no-access-log", "--log-level", "warning"]
 
 
@@ -340,7 +348,8 @@ def serve_control_plane(
 
     settings = Settings()
     uvicorn.run("control_plane.api:create_app", factory=True, host=host or settings.host,
-                port=port or settings.control_port, access_log=False)
+                port=port or settings.control_port, access_log=False,
+                timeout_keep_alive=CONTROL_PLANE_KEEP_ALIVE_S)
 
 
 @app.command("token")

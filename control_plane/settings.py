@@ -133,8 +133,13 @@ class Settings:
     # The traces file moves to <name>.1 past this size (0: unbounded).
     traces_max_bytes: int = field(
         default_factory=lambda: int(_env("VG_TRACES_MAX_BYTES", str(256 << 20))))
-    # Share of Triton inferences traced (Triton's --trace-config rate: 1 = every request).
-    triton_trace_rate: int = field(default_factory=lambda: int(_env("VG_TRITON_TRACE_RATE", "1")))
+    # Triton's opentelemetry trace mode: trace one inference in N (Triton's --trace-config
+    # rate; 1 = every request), 0 = off. Off by default: with it on, Triton 2.48 (the binary
+    # in nvidia-pytriton) crashed with signal 11 after a failed span export in a CI run, and
+    # 2 of 8 perf_analyzer runs at concurrency 2 failed or hung ("input 'images' does not
+    # exist"); 0 of 6 without it, same machine and model. Turn it on to join Triton's spans
+    # to the gateway's traces (tests/test_observability.py does).
+    triton_trace_rate: int = field(default_factory=lambda: int(_env("VG_TRITON_TRACE_RATE", "0")))
 
     @property
     def traces_file(self) -> Path:

@@ -290,14 +290,28 @@ TRITON_SPANS = {"InferRequest", "detector", "compute"}
 
 
 @pytest.fixture(scope="module")
-def traced_frame(stack, bus_jpg):
+def traced_stack(seeded_repo, tmp_path_factory):
+    """`visionguard up` with Triton's opentelemetry trace mode on (VG_TRITON_TRACE_RATE=1).
+    Off by default: under concurrent load Triton 2.48 with tracing crashed (signal 11 after a
+    failed export) and failed or hung perf_analyzer runs (see settings.triton_trace_rate)."""
+    from tests.conftest import run_up, stack_env
+
+    env = {**stack_env(seeded_repo, tmp_path_factory.mktemp("traced-runtime")),
+           "VG_TRITON_TRACE_RATE": "1"}
+    with run_up(env, tmp_path_factory.mktemp("traced-logs") / "up.log") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def traced_frame(traced_stack, bus_jpg):
     """One stream frame sent with a caller's W3C traceparent; its response and trace."""
     trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
-    r = httpx.post(f"{stack.gateway_url}/v1/streams/cam-obs/frames", content=bus_jpg,
+    r = httpx.post(f"{traced_stack.gateway_url}/v1/streams/cam-obs/frames", content=bus_jpg,
                    headers={"content-type": "image/jpeg",
                             "traceparent": f"00-{trace_id}-{parent}-01"}, timeout=60)
     assert r.status_code == 200, r.text
-    spans = wait_for_spans(stack.settings.traces_file, trace_id, GATEWAY_SPANS | TRITON_SPANS)
+    spans = wait_for_spans(traced_stack.settings.traces_file, trace_id,
+                           GATEWAY_SPANS | TRITON_SPANS)
     return r, trace_id, parent, spans
 
 
@@ -354,13 +368,13 @@ def log_lines(path: Path) -> list[dict]:
 
 
 @pytest.mark.integration
-def test_gateway_logs_one_json_line_per_request_with_its_trace(stack, traced_frame):
+def test_gateway_logs_one_json_line_per_request_with_its_trace(traced_stack, traced_frame):
     r, trace_id, _, spans = traced_frame
     root = next(s for s in spans if s["name"].startswith("POST "))
-    bad = httpx.post(f"{stack.gateway_url}/v1/detect", content=b"hello",
+    bad = httpx.post(f"{traced_stack.gateway_url}/v1/detect", content=b"hello",
                      headers={"content-type": "text/plain"}, timeout=30)
     assert bad.status_code == 415
-    logs = stack.settings.runtime_dir / "logs"
+    logs = traced_stack.settings.runtime_dir / "logs"
     deadline = time.monotonic() + 10
     while True:
         lines = log_lines(logs / "gateway.log")
@@ -400,12 +414,12 @@ def scrape(url: str) -> dict[str, list]:
 
 
 @pytest.mark.integration
-def test_gateway_metrics_cover_the_request_path(stack, traced_frame, bus_jpg):
-    r = httpx.post(f"{stack.gateway_url}/v1/detect", content=bus_jpg,
+def test_gateway_metrics_cover_the_request_path(traced_stack, traced_frame, bus_jpg):
+    r = httpx.post(f"{traced_stack.gateway_url}/v1/detect", content=bus_jpg,
                    headers={"content-type": "image/jpeg"}, timeout=60)
     assert r.status_code == 200
     version = r.json()["model"]["version"]
-    m = scrape(f"{stack.gateway_url}/metrics")
+    m = scrape(f"{traced_stack.gateway_url}/metrics")
 
     def value(name: str, **labels) -> float:
         return sum(v for lab, v in m.get(name, []) if labels.items() <= lab.items())
@@ -433,7 +447,7 @@ def test_gateway_metrics_cover_the_request_path(stack, traced_frame, bus_jpg):
     assert value("visionguard_triton_model_version_loaded", model="detector",
                  version=version) == 1
     # Triton's own metrics port counts the same inferences.
-    triton = scrape(f"http://127.0.0.1:{stack.settings.triton_metrics_port}/metrics")
+    triton = scrape(f"http://127.0.0.1:{traced_stack.settings.triton_metrics_port}/metrics")
     success = sum(v for lab, v in triton["nv_inference_request_success"]
                   if lab["model"] == "detector" and lab["version"] == version)
     assert success >= images
@@ -446,7 +460,8 @@ def test_up_sends_spans_to_the_control_plane_unless_the_user_names_a_collector(m
 
     for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
-    local = Settings(control_port=9911, otlp_traces_endpoint="", otlp_endpoint="")
+    local = Settings(control_port=9911, otlp_traces_endpoint="", otlp_endpoint="",
+                     triton_trace_rate=1)
     assert "--trace-config=opentelemetry,url=http://127.0.0.1:9911/v1/traces" in trace_args(local)
     assert "--trace-config=mode=opentelemetry" in trace_args(local)
     env = gateway_env(local)
@@ -454,9 +469,10 @@ def test_up_sends_spans_to_the_control_plane_unless_the_user_names_a_collector(m
     assert env["OTEL_SERVICE_NAME"] == "gateway"
 
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
-    user = Settings(control_port=9911)
+    user = Settings(control_port=9911, triton_trace_rate=1)
     assert "--trace-config=opentelemetry,url=http://collector:4318/v1/traces" in trace_args(user)
     env = gateway_env(user)
     assert "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" not in env  # the SDK uses the user's base URL
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318"
     assert trace_args(Settings(triton_trace_rate=0)) == []
+    assert trace_args(Settings()) == [], "off unless asked for (see settings.triton_trace_rate)"
