@@ -118,7 +118,8 @@ class Stack:
                 self.eval_data = generate_dataset(self.work / "eval" / "data", n_train=0,
                                                   n_val=40, imgsz=256, seed=7)
                 registry = Registry(self.settings())
-                self.champion = registry.register(checkpoint, eval_data=self.eval_data).version
+                self.champion = registry.register(checkpoint, actor="logs-eval",
+                                                  eval_data=self.eval_data).version
                 # The lineage drift checks rebuild the reference window from.
                 registry.tag_version(self.champion, seed=7, n_val=40, imgsz=256,
                                      eval_dataset_hash=synthetic_data_hash(self.eval_data))

@@ -436,7 +436,7 @@ class LogIndex:
         spans = self.settings.traces_file
         if spans.is_file():
             found.append(Source(spans, "traces", "span"))
-        audit = rt / "audit.jsonl"
+        audit = self.settings.audit_file
         if audit.is_file():
             found.append(Source(audit, "control-plane", "audit"))
         return found

@@ -88,21 +88,18 @@ def register(
     description: Annotated[str, typer.Option(help="Version description.")] = "",
 ) -> None:
     """Evaluate a checkpoint, export its ONNX, log both to MLflow and register a version."""
-    from control_plane.audit import AuditLog, local_actor
+    from control_plane.audit import local_actor
     from control_plane.registry import Registry, RegistryError
 
-    settings = Settings()
-    registry = Registry(settings)
+    registry = Registry(Settings())
     with console.status("registering...") as status:
         try:
-            info = registry.register(checkpoint, eval_data=eval_data, description=description,
+            info = registry.register(checkpoint, actor=local_actor(), eval_data=eval_data,
+                                     description=description,
                                      progress=lambda s: status.update(f"{s}..."))
         except RegistryError as exc:
             console.print(f"[red]register refused:[/] {exc}")
             raise typer.Exit(1) from None
-    AuditLog(settings.runtime_dir / "audit.jsonl").record(
-        local_actor(), "register", model=registry.name, version=info.version,
-        checkpoint=str(checkpoint), mAP50=info.map50, mAP=info.map)
     console.print(f"registered {info.name} version {info.version}: mAP50 {_fmt(info.map50)}, "
                   f"mAP50-95 {_fmt(info.map)} on {info.eval_dataset}"
                   + (f" (aliases: {', '.join(info.aliases)})" if info.aliases else ""))
@@ -198,7 +195,7 @@ def audit(limit: Annotated[int, typer.Option(help="Entries to show.")] = 30,
     from control_plane.audit import AuditLog
 
     table = Table("time", "actor", "action", "version", "outcome", "detail")
-    entries = AuditLog(Settings().runtime_dir / "audit.jsonl").entries(limit * 10)
+    entries = AuditLog(Settings().audit_file).entries(limit * 10)
     entries = [e for e in entries if steps or not e["action"].startswith("step:")][-limit:]
     for e in entries:
         detail = {k: v for k, v in e.items()

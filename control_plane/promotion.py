@@ -31,8 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from control_plane.audit import AuditLog
-from control_plane.registry import (CHALLENGER, CHAMPION, PREVIOUS, Registry, RegistryError,
-                                    VersionInfo)
+from control_plane.registry import CHALLENGER, CHAMPION, PREVIOUS, Registry, VersionInfo
 from control_plane.settings import Settings
 from export import triton_repo
 
@@ -203,7 +202,7 @@ class Promoter:
         self.registry = registry or Registry(self.settings)
         self.model = self.registry.name
         self.model_dir = self.settings.model_repository / self.model
-        self.audit = AuditLog(self.settings.runtime_dir / "audit.jsonl")
+        self.audit = AuditLog(self.settings.audit_file)
         self.actor = actor
         self.progress = progress or (lambda _step: None)
         self._triton: TritonControl | None = None
@@ -609,11 +608,8 @@ class Promoter:
 def serve_champion(settings: Settings, progress=None) -> VersionInfo | None:
     """For `up` on an empty repository: write the registered champion as its own version
     number (MLflow version N = Triton version N). None when no champion is registered."""
-    try:
-        registry = Registry(settings)
-        champion = registry.alias(CHAMPION)
-    except RegistryError:
-        return None
+    registry = Registry(settings)
+    champion = registry.alias(CHAMPION)
     if not champion:
         return None
     info = registry.get(champion)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from control_plane import training
+from control_plane.audit import AuditLog
 from control_plane.settings import Settings
 
 CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
@@ -225,10 +226,11 @@ class Registry:
         raise RegistryError("no evaluation dataset: pass --eval-data a YOLO data.yaml (the "
                             "champion's evaluation data is not on this machine)")
 
-    def register(self, checkpoint: Path, *, eval_data: Path | None = None,
+    def register(self, checkpoint: Path, *, actor: str, eval_data: Path | None = None,
                  description: str = "", progress=None) -> VersionInfo:
         """Evaluate `checkpoint` on the evaluation dataset, export its serving ONNX, log both
-        with its lineage to a new MLflow run and register it as the next version."""
+        with its lineage to a new MLflow run and register it as the next version; `actor`
+        goes to the audit log."""
         from mlflow.entities import Metric, Param
 
         from control_plane import synthetic_data
@@ -301,4 +303,8 @@ class Registry:
         except BaseException:
             self.client.set_terminated(run_id, "FAILED")
             raise
-        return self.get(version)
+        info = self.get(version)
+        AuditLog(self.settings.audit_file).record(
+            actor, "register", model=self.name, version=info.version,
+            checkpoint=str(checkpoint), mAP50=info.map50, mAP=info.map)
+        return info

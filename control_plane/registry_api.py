@@ -116,14 +116,11 @@ async def register(request: Request, data: RegisterBody) -> dict:
 
     def call():
         try:
-            info = registry.register(Path(data.checkpoint),
+            info = registry.register(Path(data.checkpoint), actor=_actor(request),
                                      eval_data=Path(data.eval_data) if data.eval_data else None,
                                      description=data.description)
         except RegistryError as exc:
             raise ControlPlaneError(str(exc), checkpoint=data.checkpoint) from None
-        AuditLog(request.app.state.settings.runtime_dir / "audit.jsonl").record(
-            _actor(request), "register", model=registry.name, version=info.version,
-            checkpoint=data.checkpoint, mAP50=info.map50, mAP=info.map)
         return info.as_dict()
 
     return await to_thread.run_sync(call)
@@ -159,7 +156,7 @@ async def rollback(request: Request, data: RollbackBody | None = None) -> dict:
 @get("/v1/audit", guards=[requires()], summary="The release audit log, newest last")
 async def audit(request: Request,
                 limit: Annotated[int, Parameter(ge=1, le=10_000)] = 100) -> dict:
-    log = AuditLog(request.app.state.settings.runtime_dir / "audit.jsonl")
+    log = AuditLog(request.app.state.settings.audit_file)
     return {"entries": log.entries(limit)}
 
 
@@ -178,7 +175,7 @@ def router(settings: Settings) -> Router:
 async def lifespan(app: Litestar) -> AsyncIterator[None]:
     app.state.registry = await to_thread.run_sync(Registry, app.state.settings)
     app.state.metrics.registry.register(ReleaseCollector(
-        app.state.registry, app.state.settings.runtime_dir / "audit.jsonl"))
+        app.state.registry, app.state.settings.audit_file))
     app.state.routing_cache = {}
     app.state.gateways = {}
     yield

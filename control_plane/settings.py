@@ -162,6 +162,12 @@ class Settings:
         return self.control_url_override or f"http://{self.host}:{self.control_port}"
 
     @property
+    def audit_file(self) -> Path:
+        """The release audit log (control_plane.audit): promotion, the API and the CLI write
+        it; metrics and the log index read it."""
+        return self.runtime_dir / "audit.jsonl"
+
+    @property
     def tokens_file(self) -> Path:
         return Path(self.tokens_file_override or self.runtime_dir / "tokens.json")
 

@@ -8,7 +8,6 @@ import struct
 import time
 import zlib
 from dataclasses import replace
-from pathlib import Path
 
 import httpx
 import numpy as np

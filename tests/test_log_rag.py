@@ -300,7 +300,7 @@ def test_extractive_answer_cites_lines_traces_and_names_the_cause(day):
     assert answer["traces"][0]["trace_id"] in answer["answer"]
     cited = answer["citations"][0]
     assert cited["source"] in ("gateway.log", "spans.jsonl") and cited["line"] >= 1
-    assert f"[1]" in answer["answer"]
+    assert "[1]" in answer["answer"]
 
     promo = ask(search, LogQuery(question="what happened in the last failed promotion?"))
     assert promo["cause"].startswith("promotion rejected (at step gate_accuracy: mAP50-95 0.02")

@@ -56,7 +56,7 @@ def release(trained_checkpoint, eval_data, tmp_path_factory):
            "VG_GATEWAY_ROUTING_POLL_S": "0.5", "VG_ROUTING_DRAIN_S": "1.5"}
     settings = replace(settings_from(env), routing_drain_s=1.5)
     registry = Registry(settings)
-    v1 = registry.register(trained_checkpoint, eval_data=eval_data)
+    v1 = registry.register(trained_checkpoint, actor="test", eval_data=eval_data)
     assert v1.aliases == ["champion"], "the first version becomes the champion"
     with run_up(env, root / "up.log") as stack:
         store = TokenStore(settings.tokens_file)
@@ -187,7 +187,7 @@ def test_canary_promote_rollback_under_load_fail_no_request(release, trained_che
     from control_plane.audit import AuditLog
     from control_plane.registry import CHAMPION, PREVIOUS
 
-    v2 = release.registry.register(trained_checkpoint, eval_data=release.eval_data).version
+    v2 = release.registry.register(trained_checkpoint, actor="test", eval_data=release.eval_data).version
     v1 = release.champion
     to_champion, to_challenger = split_streams(50, 3)
     image = shapes_images[0].read_bytes()
@@ -251,7 +251,7 @@ def test_canary_promote_rollback_under_load_fail_no_request(release, trained_che
     # Gate results and latency on the version; every step in the audit log.
     tags = release.registry.get(v2).tags
     assert float(tags["latency_p95_ms"]) > 0 and tags["latency_source"].startswith("perf_")
-    entries = AuditLog(release.settings.runtime_dir / "audit.jsonl").entries(200)
+    entries = AuditLog(release.settings.audit_file).entries(200)
     done = [(e["action"], e["version"]) for e in entries if e["outcome"] == "ok"
             and not e["action"].startswith("step:")]
     assert ("canary", v2) in done and ("promote", v2) in done and ("rollback", v1) in done
@@ -314,7 +314,7 @@ def test_gates_reject_a_worse_or_slower_candidate(release, trained_checkpoint, t
     champion = release.registry.get(release.champion)
     assert champion.map > 0.03, f"the session's detector learned too little: {champion.map}"
     worse = perturbed_checkpoint(trained_checkpoint, tmp_path / "worse.pt", noise=0.6)
-    version = release.registry.register(worse, eval_data=release.eval_data).version
+    version = release.registry.register(worse, actor="test", eval_data=release.eval_data).version
     assert release.registry.get(version).map < champion.map - 0.02
     served_before = triton_repo.served_versions(repo_dir(release))
     with pytest.raises(CandidateRejected) as info:
@@ -324,7 +324,7 @@ def test_gates_reject_a_worse_or_slower_candidate(release, trained_checkpoint, t
     assert info.value.details["champion"] == release.champion
 
     # The same checkpoint as the champion passes accuracy, but not a 0.01 ms latency budget.
-    same = release.registry.register(trained_checkpoint, eval_data=release.eval_data).version
+    same = release.registry.register(trained_checkpoint, actor="test", eval_data=release.eval_data).version
     with pytest.raises(CandidateRejected) as info:
         promoter(release, gate_p95_ms=0.01).promote(same)
     _assert_rejected_cleanly(release, same, info.value, "gate_latency", "latency gate",
@@ -418,7 +418,7 @@ def test_promotion_loads_into_every_triton(release, trained_checkpoint, tmp_path
                      triton_metrics_port=metrics)
     candidate = next((v.version for v in release.registry.versions()
                       if v.tags.get("status") == "rolled_back"), None) or \
-        release.registry.register(trained_checkpoint, eval_data=release.eval_data).version
+        release.registry.register(trained_checkpoint, actor="test", eval_data=release.eval_data).version
     with Supervisor(tmp_path) as supervisor:
         child = supervisor.start("triton2", triton_server.command(second),
                                  triton_server.server_environment())
