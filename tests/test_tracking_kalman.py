@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tracker_service.tracking.kalman import (SortMotion, XyahMotion, XywhMotion, reference_filter,
-                                            xysr_to_xyxy, xyxy_to_xysr)
+from tracker_service.tracking.kalman import (SortMotion, XyahMotion, XywhMotion, xysr_to_xyxy,
+                                            xyxy_to_xysr)
+from tests.tracking_reference import reference_filter
 
 MODELS = [SortMotion, XyahMotion, XywhMotion]
 
@@ -140,3 +141,13 @@ def test_gating_distance_is_small_for_the_predicted_box_and_large_far_away():
     d = motion.gating_distance(x, P, np.array([[101.0, 101.0, 141.0, 201.0], [300.0, 100.0, 340.0, 200.0]]))
     assert d.shape == (1, 2)
     assert d[0, 0] < 9.4877 < d[0, 1]
+
+
+def test_filterpy_is_a_test_oracle_only():
+    """The service never imports filterpy: the reference filter lives in tests/tracking_reference.py."""
+    import subprocess
+    import sys
+
+    code = ("import sys, tracker_service.tracking, tracker_service.mot, tracker_service.streams; "
+            "sys.exit('filterpy' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -5,11 +5,16 @@ The conventions are reference SORT's, so that its published figures can be repro
 are written back the same way, so the shift would cancel anyway), every detection is used
 whatever its score, and results are scored against ``gt.txt`` at IoU 0.5 with py-motmetrics.
 
+A sequence's ``seqinfo.ini`` (MOTChallenge's metadata file) gives its frame rate, which the
+trackers need to turn their durations in seconds into frames; without one the trackers assume
+30 frames/s.
+
 HOTA needs TrackEval; it is computed when ``trackeval`` imports and reported as ``None`` otherwise.
 """
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import io
 from collections.abc import Callable, Iterable, Iterator
@@ -18,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .tracking import Tracker
+from .tracking import DEFAULT_TRACKER, Tracker, make_tracker
 from .tracking.association import iou_matrix
 from .tracking.columns import DET_COLUMNS, OUT_CLASS, OUT_ID, OUT_SCORE
 
@@ -26,6 +31,7 @@ __all__ = [
     "Sequence",
     "Scores",
     "discover_sequences",
+    "tracker_for",
     "read_mot",
     "detections_by_frame",
     "tracks_to_mot",
@@ -43,7 +49,8 @@ MOT_COLUMNS = 10
 
 @dataclass(frozen=True)
 class Sequence:
-    """One MOTChallenge sequence folder: ``det/det.txt``, optionally ``gt/gt.txt`` and ``img1/``."""
+    """One MOTChallenge sequence folder: ``det/det.txt``, optionally ``gt/gt.txt``, ``img1/`` and
+    ``seqinfo.ini``."""
 
     root: Path
 
@@ -61,6 +68,33 @@ class Sequence:
         return p if p.is_file() else None
 
     @property
+    def info(self) -> dict[str, str]:
+        """The ``[Sequence]`` section of ``seqinfo.ini`` (keys as written); empty without one."""
+        path = self.root / "seqinfo.ini"
+        if not path.is_file():
+            return {}
+        parser = configparser.ConfigParser()
+        parser.optionxform = str  # keep MOTChallenge's camelCase keys
+        parser.read(path)
+        return dict(parser["Sequence"]) if parser.has_section("Sequence") else {}
+
+    @property
+    def frame_rate(self) -> float | None:
+        """Frames per second from ``seqinfo.ini`` (``frameRate``); ``None`` when it does not say."""
+        value = self.info.get("frameRate")
+        try:
+            rate = float(value) if value is not None else None
+        except ValueError:
+            raise ValueError(f"{self.root / 'seqinfo.ini'}: frameRate is not a number: {value!r}") from None
+        return rate if rate is not None and rate > 0 else None
+
+    @property
+    def length(self) -> int | None:
+        """Number of frames from ``seqinfo.ini`` (``seqLength``); ``None`` when it does not say."""
+        value = self.info.get("seqLength")
+        return int(value) if value is not None and value.strip().isdigit() else None
+
+    @property
     def image_paths(self) -> list[Path]:
         """Frame images (``img1/``, MOTChallenge's folder), sorted; empty when there are none."""
         folder = self.root / "img1"
@@ -74,6 +108,11 @@ def discover_sequences(root: str | Path) -> list[Sequence]:
     root = Path(root)
     found = {p.parent.parent for p in root.glob("**/det/det.txt")}
     return [Sequence(p) for p in sorted(found, key=lambda p: p.name)]
+
+
+def tracker_for(seq: Sequence, name: str = DEFAULT_TRACKER, **overrides) -> Tracker:
+    """A new tracker for ``seq``, planned for its frame rate (``seqinfo.ini``; 30 when unknown)."""
+    return make_tracker(name, frame_rate=seq.frame_rate, **overrides)
 
 
 def read_mot(path: str | Path) -> np.ndarray:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from tracker_service.errors import (FrameOutOfOrder, InvalidRequest, StreamNotFound,
                                      TooManyStreams)
-from tracker_service.tracking import Tracker, make_tracker, needs_embeddings
+from tracker_service.tracking import Tracker, make_tracker, needs_embeddings, stream_frame_rate
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 
@@ -35,6 +35,7 @@ class Stream:
     stream_id: str
     tracker: Tracker
     last_seen: float
+    frame_rate: float | None = None  # given at creation; None: trackers plan for 30 frames/s
     last_admitted: int = -1
     frames_applied: int = 0
     tracks_reported: int = 0
@@ -70,15 +71,24 @@ class StreamRegistry:
             del self._streams[sid]
         return idle
 
-    def _get_or_create(self, stream_id: str) -> Stream:
+    def _get_or_create(self, stream_id: str, fps: float | None) -> Stream:
         stream = self._streams.get(stream_id)
-        if stream is None:
-            self.evict_idle()
-            if len(self._streams) >= self.max_streams:
-                raise TooManyStreams(f"{len(self._streams)} streams are active, the limit",
-                                     max_streams=self.max_streams)
-            stream = Stream(stream_id, make_tracker(self.tracker_name), self.clock())
-            self._streams[stream_id] = stream
+        if stream is not None:
+            if fps is not None and stream.frame_rate is not None and fps != stream.frame_rate:
+                raise InvalidRequest(
+                    f"stream {stream_id!r} runs at {stream.frame_rate:g} frames/s; DELETE it to "
+                    "start again at another rate", fps=fps, stream_fps=stream.frame_rate)
+            return stream
+        self.evict_idle()
+        if len(self._streams) >= self.max_streams:
+            raise TooManyStreams(f"{len(self._streams)} streams are active, the limit",
+                                 max_streams=self.max_streams)
+        try:  # the trackers' time constants are seconds: frames at this stream's rate
+            tracker = make_tracker(self.tracker_name, frame_rate=stream_frame_rate(fps))
+        except ValueError as exc:
+            raise InvalidRequest(f"fps: {exc}", fps=fps) from None
+        stream = Stream(stream_id, tracker, self.clock(), frame_rate=fps)
+        self._streams[stream_id] = stream
         return stream
 
     def delete(self, stream_id: str) -> None:
@@ -86,11 +96,12 @@ class StreamRegistry:
             raise StreamNotFound(f"no active stream {stream_id!r}")
 
     @asynccontextmanager
-    async def frame(self, stream_id: str, frame: int | None):
+    async def frame(self, stream_id: str, frame: int | None, fps: float | None = None):
         """Admit `frame` of `stream_id`; the body runs detection, then `await turn()` before
-        touching the tracker, which is then this stream's in frame order."""
+        touching the tracker, which is then this stream's in frame order. `fps`, the stream's
+        frame rate, is fixed when the stream is created."""
         check_stream_id(stream_id, self.max_id_length)
-        stream = self._get_or_create(stream_id)
+        stream = self._get_or_create(stream_id, fps)
         if frame is None:
             frame = stream.last_admitted + 1
         if frame <= stream.last_admitted:

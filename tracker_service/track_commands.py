@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import mot
-from .tracking import DEFAULT_TRACKER, PRESETS, HistogramEmbedder, make_tracker, needs_embeddings
+from .tracking import DEFAULT_TRACKER, PRESETS, HistogramEmbedder, needs_embeddings
 
 app = typer.Typer(
     help="Multi-object tracking: evaluate trackers on MOTChallenge sequences and render tracks.",
@@ -64,9 +64,9 @@ def eval_(
             progress.update(task, description=f"{tracker} {seq.name}")
             images = seq.image_paths
             dets = mot.read_mot(seq.det_path)
-            n_frames = max(int(dets[:, 0].max()) if len(dets) else 0, len(images))
+            n_frames = max(int(dets[:, 0].max()) if len(dets) else 0, len(images), seq.length or 0)
             frames = mot.detections_by_frame(dets, n_frames)
-            trk = make_tracker(tracker)
+            trk = mot.tracker_for(seq, tracker)
             embed = None
             if needs_embeddings(trk):
                 if len(images) < n_frames:
@@ -83,6 +83,7 @@ def eval_(
             mot.write_mot(result_path, results)
             runs[seq.name] = {
                 "frames": n_frames,
+                "frame_rate": seq.frame_rate,
                 "tracks": int(len(np.unique(results[:, mot.ID]))) if len(results) else 0,
                 "frames_per_second": n_frames / elapsed if elapsed > 0 else None,
                 "results": str(result_path),

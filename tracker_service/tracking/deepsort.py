@@ -22,7 +22,7 @@ import numpy as np
 from .association import CHI2_95, INFEASIBLE, assign, iou_matrix
 from .columns import DET_CLASS, DET_SCORE, as_detections, output_rows
 from .kalman import XyahMotion
-from .track import Lifecycle, TrackState, TrackTable
+from .track import Lifecycle, TrackState, TrackTable, frames_or_seconds, stream_frame_rate
 
 __all__ = ["DeepSortTracker"]
 
@@ -32,7 +32,11 @@ _CONFIRMED, _LOST = int(TrackState.CONFIRMED), int(TrackState.LOST)
 class DeepSortTracker:
     """DeepSORT with the published defaults; ``update(detections, embeddings)`` is the whole API.
 
+    ``max_age`` and ``coast`` are frames, or seconds with the ``_s`` suffix at ``frame_rate``
+    (30 when unknown); see :class:`~.sort.SortTracker`.
+
     Args:
+        frame_rate: frames per second of the stream, for the ``_s`` durations.
         max_age: frames a confirmed track survives unmatched (the paper's ``A_max = 30``).
         min_hits: matches after birth to confirm (DeepSORT's ``n_init = 3`` counts the birth).
         max_cosine_distance: largest appearance distance accepted in the cascade.
@@ -47,15 +51,21 @@ class DeepSortTracker:
     def __init__(
         self,
         *,
-        max_age: int = 30,
+        frame_rate: float | None = None,
+        max_age: int | None = None,
+        max_age_s: float | None = None,
         min_hits: int = 2,
         max_cosine_distance: float = 0.2,
         max_iou_distance: float = 0.7,
         budget: int = 100,
         gating_threshold: float = CHI2_95[4],
-        coast: int = 1,
+        coast: int | None = None,
+        coast_s: float | None = None,
         class_aware: bool = True,
     ) -> None:
+        self.frame_rate = stream_frame_rate(frame_rate)
+        max_age = frames_or_seconds("max_age", max_age, max_age_s, self.frame_rate, 30)
+        coast = frames_or_seconds("coast", coast, coast_s, self.frame_rate, 1)
         self.lifecycle = Lifecycle(
             min_hits=min_hits, max_age=max_age, tentative_max_age=0, reconfirm=False, coast=coast
         )

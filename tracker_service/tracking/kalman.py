@@ -15,7 +15,9 @@ Two parametrisations, each the published one:
   across near and far objects.
 
 Functions take and return arrays; the ``predict``/``update`` methods modify ``x`` and ``P`` in
-place (no per-frame allocation of the whole state) and return them for convenience.
+place (no per-frame allocation of the whole state) and return them for convenience. Reference
+SORT's per-track filterpy filter, the oracle these are checked against, lives with the tests
+(``tests/tracking_reference.py``): filterpy is not needed at run time.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["BoxMotion", "SortMotion", "XyahMotion", "XywhMotion", "xyxy_to_xysr", "xysr_to_xyxy"]
+__all__ = ["BoxMotion", "SortMotion", "XyahMotion", "XywhMotion", "replay", "xyxy_to_xysr", "xysr_to_xyxy"]
 
 
 class BoxMotion(Protocol):
@@ -140,6 +142,50 @@ class SortMotion:
         """States that still describe a box; SORT forgets a track whose area collapsed."""
         return x[:, 2] * x[:, 3] > 0
 
+    def replay(self, x: np.ndarray, P: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`replay` for one track, on plain floats.
+
+        The covariance is block diagonal (centre x, centre y and area each with its velocity, the
+        ratio alone: see :func:`_gain_update`), so each block is a 2x2 (or 1x1) filter of its own
+        and a step is a few dozen float operations instead of a dozen numpy calls on 1-row
+        arrays. OC-SORT's re-update runs through whole occlusions this way, often 30 steps.
+        """
+        z = xyxy_to_xysr(np.asarray(boxes, dtype=np.float64)).tolist()
+        xs = x.tolist()
+        q, r = self.q.tolist(), self.r.tolist()
+        # per velocity block i (position i, velocity i + 4): p00, p01, p11
+        blocks = [[P[i, i], P[i, i + 4], P[i + 4, i + 4]] for i in range(3)]
+        p_ratio = P[3, 3]
+        for zk in z:
+            if xs[6] + xs[2] <= 0:  # predict, as predict() does
+                xs[6] = 0.0
+            for i in range(3):
+                b = blocks[i]
+                xs[i] += xs[i + 4]
+                b[0] += 2.0 * b[1] + b[2] + q[i]
+                b[1] += b[2]
+                b[2] += q[i + 4]
+            p_ratio += q[3]
+            for i in range(3):  # update
+                b = blocks[i]
+                s = b[0] + r[i]
+                k0, k1 = b[0] / s, b[1] / s
+                y = zk[i] - xs[i]
+                xs[i] += k0 * y
+                xs[i + 4] += k1 * y
+                b[2] -= k1 * b[1]
+                b[0] -= k0 * b[0]
+                b[1] -= k0 * b[1]
+            k = p_ratio / (p_ratio + r[3])
+            xs[3] += k * (zk[3] - xs[3])
+            p_ratio -= k * p_ratio
+        x_out = np.array(xs)
+        P_out = np.zeros_like(P)
+        for i, (p00, p01, p11) in enumerate(blocks):
+            P_out[i, i], P_out[i, i + 4], P_out[i + 4, i], P_out[i + 4, i + 4] = p00, p01, p01, p11
+        P_out[3, 3] = p_ratio
+        return x_out, P_out
+
 
 class XyahMotion:
     """DeepSORT's filter: centre, aspect ratio and height, noise proportional to height.
@@ -217,6 +263,7 @@ class XyahMotion:
         d = xyxy_to_xyah(boxes)[None, :, :] - x[:, None, :4]  # (N, M, 4)
         return np.einsum("nmi,ni->nm", d * d, 1.0 / s)
 
+
 def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
     """(N,4) corners -> (N,4) centre, width, height."""
     w = boxes[:, 2] - boxes[:, 0]
@@ -284,19 +331,17 @@ class XywhMotion:
         return (x[:, 2] > 0) & (x[:, 3] > 0)
 
 
-def reference_filter(box: np.ndarray):
-    """Reference SORT's per-track filterpy filter for one xyxy box: the oracle that the
-    vectorised filter is tested and benchmarked against (filterpy is imported only here)."""
-    from filterpy.kalman import KalmanFilter
+def replay(motion: BoxMotion, x: np.ndarray, P: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One track's filter (``x`` (dim,), ``P`` (dim, dim)) predicted and updated with each of
+    ``boxes`` (T, 4) in turn; new arrays, the inputs are left alone.
 
-    kf = KalmanFilter(dim_x=7, dim_z=4)
-    kf.F = np.eye(7)
-    kf.F[[0, 1, 2], [4, 5, 6]] = 1.0  # cx, cy, s advance by their velocities
-    kf.H = np.eye(4, 7)
-    kf.R[2:, 2:] *= 10.0
-    kf.P[4:, 4:] *= 1000.0
-    kf.P *= 10.0
-    kf.Q[-1, -1] *= 0.01
-    kf.Q[4:, 4:] *= 0.01
-    kf.x[:4] = xyxy_to_xysr(np.asarray(box, float)[None, :4]).T
-    return kf
+    Uses the model's own ``replay`` where it has a faster one (:meth:`SortMotion.replay`).
+    """
+    own = getattr(motion, "replay", None)
+    if own is not None:
+        return own(x, P, boxes)
+    xs, Ps = x[None].copy(), P[None].copy()
+    for box in np.asarray(boxes, dtype=np.float64):
+        motion.predict(xs, Ps)
+        xs, Ps = motion.update(xs, Ps, box[None])
+    return xs[0], Ps[0]

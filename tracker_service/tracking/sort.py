@@ -23,8 +23,8 @@ import numpy as np
 
 from .association import assign, direction_consistency, iou_matrix
 from .columns import DET_CLASS, DET_SCORE, as_detections, output_rows
-from .kalman import SortMotion, XyahMotion, XywhMotion
-from .track import Lifecycle, TrackTable
+from .kalman import SortMotion, XyahMotion, XywhMotion, replay
+from .track import Lifecycle, TrackTable, frames_or_seconds, stream_frame_rate
 
 __all__ = ["SortTracker"]
 
@@ -32,15 +32,23 @@ __all__ = ["SortTracker"]
 class SortTracker:
     """Kalman + IoU + linear assignment; ``update`` is the whole API.
 
+    Durations (``max_age``, ``tentative_max_age``, ``coast``, ``delta_t``, and ``min_hits``,
+    the time a new track must be seen before it is shown) are given either in frames or, with the
+    ``_s`` suffix, in seconds, converted with ``frame_rate`` (30 when the stream does not say) by
+    :func:`~.track.frames_for`; presets use seconds so one setting means the same at 7 and 30
+    frames/s.
+
     Args:
-        max_age: frames a track survives without a match.
-        min_hits: consecutive matches after birth before a track is reported.
+        frame_rate: frames per second of the stream, for the ``_s`` durations.
+        max_age: frames a track survives without a match (default 1, reference SORT).
+        min_hits: consecutive matches after birth before a track is reported (default 3); with
+            ``min_hits_s``, the matches that fit in that time, at least one.
         iou_threshold: least IoU for a detection to continue a track.
         det_thresh: least score for a detection to take part in the first stage and start tracks.
         low_thresh: enables ByteTrack's second stage for scores in ``[low_thresh, det_thresh)``.
         second_iou_threshold: least IoU in that second stage.
         inertia: weight of OC-SORT's direction-consistency term (0 disables it).
-        delta_t: frames back to the observation a direction is measured from.
+        delta_t: frames back to the observation a direction is measured from (default 3).
         ocr: OC-SORT's recovery stage against last observations.
         oru: OC-SORT's re-update through the gap when a lost track is found again.
         reconfirm: reference SORT's rule that a re-found track must be re-confirmed; see
@@ -48,7 +56,8 @@ class SortTracker:
         report: ``"kalman"`` reports the filtered box (SORT), ``"detection"`` the matched
             detection's box (OC-SORT).
         class_aware: match detections only to tracks of the same class.
-        coast: frames a lost track is still reported at its prediction (see ``Lifecycle``).
+        coast: frames a lost track is still reported at its prediction (see ``Lifecycle``;
+            default 0).
         motion: Kalman parametrisation, ``"xysr"`` (SORT), ``"xyah"`` (DeepSORT) or
             ``"xywh"`` (BoT-SORT).
         tentative_max_age: misses a tentative track survives (``None``: ``max_age``).
@@ -59,27 +68,41 @@ class SortTracker:
     def __init__(
         self,
         *,
-        max_age: int = 1,
-        min_hits: int = 3,
+        frame_rate: float | None = None,
+        max_age: int | None = None,
+        max_age_s: float | None = None,
+        min_hits: int | None = None,
+        min_hits_s: float | None = None,
         iou_threshold: float = 0.3,
         det_thresh: float = 0.0,
         low_thresh: float | None = None,
         new_track_thresh: float | None = None,
         second_iou_threshold: float = 0.5,
         inertia: float = 0.0,
-        delta_t: int = 3,
+        delta_t: int | None = None,
+        delta_t_s: float | None = None,
         ocr: bool = False,
         oru: bool = False,
         reconfirm: bool = True,
         report: str = "kalman",
         class_aware: bool = True,
-        coast: int = 0,
+        coast: int | None = None,
+        coast_s: float | None = None,
         motion: str = "xysr",
         tentative_max_age: int | None = None,
+        tentative_max_age_s: float | None = None,
         gate_first: bool = False,
     ) -> None:
         if report not in ("kalman", "detection"):
             raise ValueError(f"report must be 'kalman' or 'detection', not {report!r}")
+        self.frame_rate = fps = stream_frame_rate(frame_rate)
+        max_age = frames_or_seconds("max_age", max_age, max_age_s, fps, 1)
+        min_hits = frames_or_seconds("min_hits", min_hits, min_hits_s, fps, 3)
+        if min_hits_s is not None:
+            min_hits = max(1, min_hits)  # a track is shown after one match at the least
+        tentative_max_age = frames_or_seconds("tentative_max_age", tentative_max_age, tentative_max_age_s, fps, None)
+        coast = frames_or_seconds("coast", coast, coast_s, fps, 0)
+        delta_t = max(1, frames_or_seconds("delta_t", delta_t, delta_t_s, fps, 3))
         self.lifecycle = Lifecycle(
             min_hits=min_hits, max_age=max_age, tentative_max_age=tentative_max_age,
             reconfirm=reconfirm, coast=coast,
@@ -230,19 +253,14 @@ class SortTracker:
     def _reupdate(self, row: int, box: np.ndarray, gap: int) -> None:
         """ORU: rewind to the last observation and filter through the gap on a straight path."""
         t = self.tracks
-        x, P = t.x_obs[row : row + 1].copy(), t.P_obs[row : row + 1].copy()
         last = t.obs[row]
-        w0, h0 = last[2] - last[0], last[3] - last[1]
-        w1, h1 = box[2] - box[0], box[3] - box[1]
-        c0 = (last[:2] + last[2:]) * 0.5
-        c1 = (box[:2] + box[2:]) * 0.5
-        for k in range(1, gap):
-            f = k / gap
-            c = c0 + f * (c1 - c0)
-            w, h = w0 + f * (w1 - w0), h0 + f * (h1 - h0)
-            virtual = np.array([[c[0] - w / 2, c[1] - h / 2, c[0] + w / 2, c[1] + h / 2]])
-            self.motion.predict(x, P)
-            x, P = self.motion.update(x, P, virtual)
+        f = (np.arange(1, gap) / gap)[:, None]
+        c0, c1 = (last[:2] + last[2:]) * 0.5, (box[:2] + box[2:]) * 0.5
+        wh0, wh1 = last[2:] - last[:2], box[2:] - box[:2]
+        c, wh = c0 + f * (c1 - c0), wh0 + f * (wh1 - wh0)
+        virtual = np.concatenate([c - wh / 2, c + wh / 2], axis=1)  # (gap - 1, 4)
+        x, P = replay(self.motion, t.x_obs[row], t.P_obs[row], virtual)
+        x, P = x[None], P[None]
         self.motion.predict(x, P)
         t.x[row] = x[0]
         t.P[row] = P[0]

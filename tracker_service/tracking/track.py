@@ -7,6 +7,13 @@ decide when a track is shown, hidden or forgotten live only in :class:`Lifecycle
 Counting convention (reference SORT's): the detection that creates a track is not a *hit*;
 ``min_hits`` counts the consecutive matched frames after it. DeepSORT's ``n_init = 3`` is
 ``min_hits = 2`` here.
+
+Time: the table counts frames, because a tracker only ever sees frames. Durations that mean a
+length of time (how long a lost track is kept, how long it is still shown) are given to the
+trackers in seconds and turned into frames once, at construction, by :func:`frames_for` with the
+stream's frame rate: a one-second buffer is 30 frames at 30 frames/s and 7 at 7 frames/s, as
+ByteTrack's reference code does (``buffer = frame_rate / 30 * track_buffer``). Counts of evidence
+(``min_hits``) stay counts.
 """
 
 from __future__ import annotations
@@ -16,7 +23,47 @@ from enum import IntEnum
 
 import numpy as np
 
-__all__ = ["TrackState", "Lifecycle", "TrackTable"]
+__all__ = [
+    "TrackState", "Lifecycle", "TrackTable",
+    "DEFAULT_FRAME_RATE", "stream_frame_rate", "frames_for", "frames_or_seconds",
+]
+
+#: Frame rate assumed when a stream does not say (MOTChallenge's and most cameras' 30 frames/s).
+DEFAULT_FRAME_RATE = 30.0
+
+
+def stream_frame_rate(frame_rate: float | None) -> float:
+    """The frame rate to plan with: ``frame_rate`` checked, or 30 frames/s when it is unknown."""
+    if frame_rate is None:
+        return DEFAULT_FRAME_RATE
+    rate = float(frame_rate)
+    if not (np.isfinite(rate) and rate > 0):
+        raise ValueError(f"frame_rate must be a positive number of frames per second, not {frame_rate!r}")
+    return rate
+
+
+def frames_for(seconds: float, frame_rate: float) -> int:
+    """The number of whole frame intervals that fit in ``seconds`` at ``frame_rate``.
+
+    Rounded down, so a window never stretches beyond what it says: "show a lost track for up to
+    0.05 s" is one frame at 25 or 30 frames/s and none at 14 or 7, where the prediction would
+    already be 0.07 or 0.14 s old; a one-second buffer is 30, 25, 14, 10 or 7 frames.
+    """
+    frame_rate = stream_frame_rate(frame_rate)
+    if not seconds >= 0:
+        raise ValueError(f"a duration must be a non-negative number of seconds, not {seconds!r}")
+    return int(np.floor(seconds * frame_rate + 1e-9))  # 1e-9: 0.04 * 25 is 1.0000000000000002 or 0.9999...
+
+
+def frames_or_seconds(
+    name: str, frames: int | None, seconds: float | None, frame_rate: float, default: int | None
+) -> int | None:
+    """One time constant given either in frames (``name``) or in seconds (``name_s``), not both."""
+    if frames is not None and seconds is not None:
+        raise ValueError(f"give {name} (frames) or {name}_s (seconds), not both")
+    if seconds is not None:
+        return frames_for(seconds, frame_rate)
+    return default if frames is None else frames
 
 
 class TrackState(IntEnum):
