@@ -1,0 +1,49 @@
+"""Generated shapes as one dataset among others: `visionguard data synth` renders a dataset with
+`control_plane.training.synthetic_data.generate_dataset` into a scratch folder beside the
+versions and imports it as a YOLO folder, so it is validated, hashed and logged like any source.
+The same arguments give byte-identical files, so the same version.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from control_plane.datasets.errors import DiskFull
+from control_plane.datasets.store import (SCRATCH, DatasetStore, ImportResult, remove_tree,
+                                         sweep_stale)
+from control_plane.training import synthetic_data
+
+
+def synthetic_name(seed: int) -> str:
+    """The default dataset name: the generator's (`synthetic-shapes-v1-seed0`)."""
+    return synthetic_data.dataset_name(seed)
+
+
+def import_synthetic(store: DatasetStore, *, n_train: int, n_val: int, imgsz: int, seed: int,
+                     classes: tuple[str, ...] = synthetic_data.SHAPES,
+                     name: str | None = None) -> ImportResult:
+    """Generate `n_train` + `n_val` images of `imgsz` px (seed `seed`) and import them as a
+    version of `name` (default `synthetic_name(seed)`)."""
+    store.root.mkdir(parents=True, exist_ok=True)
+    sweep_stale(store.root, SCRATCH)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH}{os.getpid()}-", dir=store.root))
+    try:
+        from control_plane.datasets.scan import Progress
+
+        store.progress(Progress("generate", 0, n_train + n_val))
+        try:
+            data_yaml = synthetic_data.generate_dataset(scratch, n_train=n_train, n_val=n_val,
+                                                        imgsz=imgsz, seed=seed,
+                                                        classes=tuple(classes))
+        except OSError as exc:
+            if exc.errno in (28, 122):  # ENOSPC, EDQUOT
+                raise DiskFull(f"no space left in {store.root} to generate the images") from None
+            raise
+        uri = (f"synthetic:{synthetic_data.GENERATOR_VERSION}?seed={seed}&n_train={n_train}"
+               f"&n_val={n_val}&imgsz={imgsz}&classes={','.join(classes)}")
+        return store.import_(data_yaml, fmt="yolo", name=name or synthetic_name(seed),
+                             classes=list(classes), source_uri=uri)
+    finally:
+        remove_tree(scratch)
