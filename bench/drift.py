@@ -8,7 +8,7 @@ Reference: the MLflow champion's reference window, exactly as the control plane 
 evaluation split rebuilt from lineage, run through its model.onnx and the served NMS, then
 tracker_service.drift_features). Live: held-out images of the same generator (seed 1, never
 used for training or evaluation), JPEG-encoded as a camera would send them, run through the
-same model, featurised as the gateway does; shifted by control_plane.image_shifts for the
+same model, featurised as the gateway does; shifted by control_plane.training.image_shifts for the
 power table. Detectors: control_plane.drift.DriftDetector (KS per feature with Bonferroni,
 MMD with a permutation test; drift when either is under p/2), at the settings' p-value.
 
@@ -35,17 +35,17 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from control_plane.drift import DriftDetector, OnnxDetector, build_reference, drifted  # noqa: E402
-from control_plane.image_shifts import SHIFTS  # noqa: E402
+from control_plane.drift.monitor import DriftDetector, OnnxDetector, build_reference, drifted  # noqa: E402
+from control_plane.training.image_shifts import SHIFTS  # noqa: E402
 from control_plane.settings import Settings  # noqa: E402
-from control_plane.synthetic_data import render_sample, sample_rng  # noqa: E402
+from control_plane.training.synthetic_data import render_sample, sample_rng  # noqa: E402
 from tracker_service.drift_features import FEATURES, drift_features  # noqa: E402
 
 LIVE_SEED = 1
 
 
 def champion_detector(settings: Settings, version: str, imgsz: int) -> OnnxDetector:
-    from control_plane.training import mlflow_client, mlflow_store
+    from control_plane.mlflow_store import mlflow_client, mlflow_store
 
     client = mlflow_client(mlflow_store(settings.mlflow_tracking_uri or None,
                                         settings.runtime_dir))
@@ -91,7 +91,7 @@ def main() -> None:
 
     t0 = time.monotonic()
     ref = build_reference(settings)
-    from control_plane.training import mlflow_client, mlflow_store
+    from control_plane.mlflow_store import mlflow_client, mlflow_store
 
     client = mlflow_client(mlflow_store(settings.mlflow_tracking_uri or None,
                                         settings.runtime_dir))
@@ -185,8 +185,8 @@ def main() -> None:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if args.report is not None:
-        from control_plane.drift import DriftResult
-        from control_plane.drift_report import render_html, render_png
+        from control_plane.drift.monitor import DriftResult
+        from control_plane.drift.report import render_html, render_png
 
         images = [SHIFTS["night"](img, 0.5, np.random.default_rng([0, i, 7]))
                   for i, img in enumerate(base[:w])]

@@ -35,8 +35,8 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from control_plane.cli import start_stack  # noqa: E402
-from control_plane.processes import Supervisor  # noqa: E402
+from control_plane.stack.up import start_stack  # noqa: E402
+from control_plane.stack.supervisor import Supervisor  # noqa: E402
 from control_plane.settings import Settings  # noqa: E402
 from export.pipeline import export_to_repository  # noqa: E402
 from tracker_service.letterbox import letterbox  # noqa: E402

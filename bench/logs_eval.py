@@ -111,8 +111,8 @@ class Stack:
         a seeded model exported straight into the repository (no registry: no drift check,
         no promotion)."""
         if checkpoint and checkpoint.is_file():
-            from control_plane.registry import Registry
-            from control_plane.synthetic_data import generate_dataset
+            from control_plane.releases.registry import Registry
+            from control_plane.training.synthetic_data import generate_dataset
 
             with console.status(f"registering {checkpoint} as the champion..."):
                 self.eval_data = generate_dataset(self.work / "eval" / "data", n_train=0,
@@ -170,7 +170,7 @@ class Stack:
 
 
 def synthetic_data_hash(data_yaml: Path) -> str:
-    from control_plane.synthetic_data import dataset_hash
+    from control_plane.training.synthetic_data import dataset_hash
 
     return dataset_hash(data_yaml.parent, "val")
 
@@ -340,8 +340,9 @@ def failed_promotion(stack: Stack) -> Incident:
     if not stack.champion:
         inc.not_run = "no registered champion (no trained checkpoint given)"
         return inc
-    from control_plane.registry import REGISTRY_EXPERIMENT, Registry
-    from control_plane.training import experiment_id, register_version
+    from control_plane.releases.registry import REGISTRY_EXPERIMENT, Registry
+    from control_plane.mlflow_store import experiment_id
+    from control_plane.training.train import register_version
 
     reg = Registry(stack.settings())
     champion = reg.get(stack.champion)
@@ -501,7 +502,7 @@ def main() -> None:
             t = time.perf_counter()
             stats = api.get("/v1/logs/index").json()
             first_index_s = time.perf_counter() - t
-            from control_plane.log_index import LogIndex
+            from control_plane.logs.index import LogIndex
             from control_plane.settings import Settings
 
             settings = Settings(runtime_dir=stack.runtime,
@@ -527,7 +528,7 @@ def main() -> None:
                               "answer": answer["answer"], "trace_ids": answer["trace_ids"][:5],
                               "citations": answer["citations"][:5]}
             if args.hybrid:
-                from control_plane.log_query import LogQuery, ask, open_search
+                from control_plane.logs.query import LogQuery, ask, open_search
 
                 hs = open_search(Settings(runtime_dir=stack.runtime,
                                           logs_index_dir_override=str(work / "hybrid-index"),

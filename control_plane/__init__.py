@@ -1,1 +1,18 @@
-"""VisionGuard control plane: the `visionguard` CLI, Triton process management, promotion."""
+"""VisionGuard control plane: releases of MLflow model versions into Triton, drift, the log
+assistant, the embedded stack and the `visionguard` CLI.
+
+One subpackage per job, in layers (each imports only from layers below it; `lint-imports`
+checks the contracts in pyproject.toml in the test suite):
+
+    cli.py              registers the wings' commands; builds Settings once per process
+    api/                the HTTP app factory, error mapping, /metrics
+    stack/              `up`, the process supervisor, the Triton process, the environment bootstrap
+    releases/ drift/ logs/      the wings, independent of each other
+    datasets/           dataset versions: import (COCO, YOLO, VOC), validation, lineage
+    training/ perf/     generated data and training; perf_analyzer
+    mlflow_store.py auth.py     MLflow store and aliases; API tokens and roles
+    errors.py settings.py       the error vocabulary; the settings
+
+The gateway (`tracker_service`) never imports this package; this package uses only the gateway's
+shared modules (letterbox, NMS, drift features, telemetry, the routing contract).
+"""

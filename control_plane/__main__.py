@@ -6,7 +6,7 @@ inside it; inside, it is the `visionguard` command.
 
 import sys
 
-from control_plane.environment import inside_venv, reexec_in_venv
+from control_plane.stack.environment import inside_venv, reexec_in_venv
 
 if __name__ == "__main__":
     if not inside_venv():

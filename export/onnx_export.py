@@ -33,13 +33,20 @@ class ExportedModel:
 
 
 def load_yolo(weights: str | Path, seed: int = 0):
-    """Load a YOLO model; a `.yaml` architecture gets seeded random weights (shape checks only)."""
+    """Load a YOLO model; a `.yaml` architecture gets seeded random weights (shape checks only).
+
+    Anything else is a checkpoint, read by `yolo_from_checkpoint` (weights-only, allow-listed;
+    `CheckpointError` / `UnsafeCheckpoint` otherwise): never by Ultralytics' own loader, which
+    unpickles in full and so runs code a crafted file carries.
+    """
     import torch
     from ultralytics import YOLO
 
+    from export.checkpoint import yolo_from_checkpoint
+
     weights = str(weights)
     if not weights.endswith((".yaml", ".yml")):
-        return YOLO(weights)
+        return yolo_from_checkpoint(weights)
     torch.manual_seed(seed)
     np.random.seed(seed)
     yolo = YOLO(weights)

@@ -54,8 +54,9 @@ def stack_env(repo: Path, runtime: Path) -> dict[str, str]:
 def settings_from(env: dict[str, str]):
     from control_plane.settings import Settings
 
+    repo = env.get("VG_MODEL_REPOSITORY")
     return Settings(
-        model_repository=Path(env["VG_MODEL_REPOSITORY"]),
+        model_repository=Path(repo) if repo else None,  # None: <runtime_dir>/model_repository
         runtime_dir=Path(env["VG_RUNTIME_DIR"]),
         triton_http_port=int(env["VG_TRITON_HTTP_PORT"]),
         triton_grpc_port=int(env["VG_TRITON_GRPC_PORT"]),
@@ -87,14 +88,27 @@ class Stack:
     gateway_url: str
 
 
+def checkout_state() -> str:
+    """What git sees in the checkout: status and the diff of tracked files (the product must
+    never change either; a developer's own uncommitted work is in both before and after)."""
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout
+    diff = subprocess.run(["git", "diff", "--binary"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout
+    return status + diff
+
+
 @contextmanager
 def run_up(env: dict[str, str], log: Path, timeout_s: float = 240):
     """`visionguard up` as a user runs it, until it prints its URLs; stopped with SIGINT
-    (Ctrl-C) at the end, which must exit 0 and free the ports."""
+    (Ctrl-C) at the end, which must exit 0 and free the ports. It starts in a directory of its
+    own, not the checkout: its state must go to the runtime directory whatever the cwd."""
     settings = settings_from(env)
+    cwd = log.parent / "cwd"
+    cwd.mkdir(exist_ok=True)
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "control_plane", "up"], env=env,
-                                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                                cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{settings.gateway_port}"
     deadline = time.monotonic() + timeout_s
     while True:
@@ -118,6 +132,7 @@ def run_up(env: dict[str, str], log: Path, timeout_s: float = 240):
                  settings.control_port, settings.mlflow_ui_port):
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served"
+    assert not any(cwd.iterdir()), f"`up` wrote into its working directory: {list(cwd.iterdir())}"
 
 
 @pytest.fixture(scope="session")
@@ -131,7 +146,7 @@ def stack(seeded_repo, tmp_path_factory):
 @contextmanager
 def gateway_process(stack: Stack, log_dir: Path, **settings: str):
     """One more real gateway process on the shared Triton, with VG_GATEWAY_* overrides."""
-    from control_plane.processes import Supervisor, wait_http_ok
+    from control_plane.stack.supervisor import Supervisor, wait_http_ok
 
     (port,) = free_ports(1)
     env = {**os.environ, "VG_GATEWAY_TRITON_URL": stack.settings.triton_grpc_url,
@@ -161,7 +176,7 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     override = os.environ.get("VG_TEST_CHECKPOINT")
     if override:
         return Path(override)
-    from control_plane.training import train_bootstrap
+    from control_plane.training.train import train_bootstrap
 
     out = tmp_path_factory.mktemp("tiny-train")
     result = train_bootstrap(out, epochs=8, imgsz=256, n_train=300, n_val=60, seed=3,
@@ -176,7 +191,7 @@ def shapes_images(tmp_path_factory) -> list[Path]:
     """Held-out generated images (another seed than the training data), as JPEG files."""
     import cv2
 
-    from control_plane.synthetic_data import generate_dataset
+    from control_plane.training.synthetic_data import generate_dataset
 
     out = tmp_path_factory.mktemp("shapes")
     data_yaml = generate_dataset(out / "data", n_train=0, n_val=6, imgsz=320, seed=99)

@@ -437,6 +437,10 @@ def test_yolo_labels_referencing_missing_images(yolo, store):
 
 
 def test_images_that_do_not_decode(yolo, store, tmp_path):
+    # With ultralytics imported (as in the control plane), PIL.Image.open is its wrapper that
+    # tries to pip-install a HEIF plugin on an unidentified image: decoding must not go there.
+    import ultralytics  # noqa: F401
+
     # COCO sizes come from the JSON: the truncated image reaches validation, which refuses it
     write_coco(yolo, tmp_path / "coco")
     plant_unreadable_image(tmp_path / "coco")

@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 from litestar.testing import TestClient
 
-from control_plane import drift as drift_mod
+from control_plane.drift import monitor as drift_mod
 from control_plane.auth import TokenStore
-from control_plane.drift import DriftDetector, DriftError, OnnxDetector, build_reference
-from control_plane.image_shifts import SHIFTS, generated_features
+from control_plane.drift.monitor import DriftDetector, DriftError, OnnxDetector, build_reference
+from control_plane.training.image_shifts import SHIFTS, generated_features
 from control_plane.settings import Settings
 from tests.conftest import free_ports
 from tracker_service.drift_features import FEATURES, OUTPUT_CONF, drift_features
@@ -57,7 +57,7 @@ def test_features_of_a_known_image():
 
 
 def test_features_do_not_depend_on_resolution_much():
-    from control_plane.synthetic_data import render_sample, sample_rng
+    from control_plane.training.synthetic_data import render_sample, sample_rng
     import cv2
 
     img = render_sample(sample_rng(0, "val", 3), 320).image
@@ -74,9 +74,9 @@ def test_features_do_not_depend_on_resolution_much():
 def world(tmp_path_factory):
     """A registered champion: seeded ONNX as its model/model.onnx artifact, lineage tags that
     name its evaluation split (generator seed 0, 150 images at 128 px) and that split's hash."""
-    from control_plane import synthetic_data
-    from control_plane.training import (experiment_id, mlflow_client, mlflow_store,
-                                        register_version)
+    from control_plane.training import synthetic_data
+    from control_plane.mlflow_store import experiment_id, mlflow_client, mlflow_store
+    from control_plane.training.train import register_version
     from export.onnx_export import export_onnx
 
     root = tmp_path_factory.mktemp("drift")
@@ -85,7 +85,7 @@ def world(tmp_path_factory):
     synthetic_data.generate_dataset(data, n_train=0, n_val=N_VAL, imgsz=IMGSZ, seed=0)
     store = mlflow_store(f"sqlite:///{root / 'mlflow.db'}")
     client = mlflow_client(store)
-    run = client.create_run(experiment_id(client, store))
+    run = client.create_run(experiment_id(client, store, "visionguard-bootstrap"))
     client.log_artifact(run.info.run_id, str(onnx_path), "model")
     source = f"{client.get_run(run.info.run_id).info.artifact_uri}/model"
     tags = {"seed": 0, "n_val": N_VAL, "imgsz": IMGSZ,
@@ -141,8 +141,8 @@ def test_reference_window_rebuilt_from_lineage_and_cached(world, reference):
 def test_registered_versions_use_their_recorded_evaluation_data(tmp_path):
     """`visionguard models register` records a data.yaml, not the generator's seed: its images
     serve as they are when their hash still matches, and nothing else is accepted."""
-    from control_plane import synthetic_data
-    from control_plane.drift import rebuild_eval_split
+    from control_plane.training import synthetic_data
+    from control_plane.drift.monitor import rebuild_eval_split
 
     data_yaml = synthetic_data.generate_dataset(tmp_path / "d", n_train=0, n_val=3, imgsz=96,
                                                 seed=5)
@@ -198,7 +198,7 @@ def _batch(values: np.ndarray, version: str = "1") -> dict:
 
 @pytest.fixture()
 def api(world, tmp_path):
-    from control_plane.api import create_app
+    from control_plane.api.app import create_app
 
     settings = replace(world["settings"], runtime_dir=tmp_path / "runtime")
     # the reference cache is per runtime dir: share the module's (built once)
@@ -304,7 +304,7 @@ def test_check_publishes_metrics_logs_and_opens_a_retraining_request(api, world,
 
 def test_retraining_is_off_by_default(world, tmp_path):
     assert Settings().drift_retrain_on_drift is False
-    from control_plane.metrics import ControlPlaneMetrics
+    from control_plane.api.metrics import ControlPlaneMetrics
 
     settings = replace(world["settings"], runtime_dir=tmp_path, drift_retrain_on_drift=False)
     monitor = drift_mod.DriftMonitor(settings, ControlPlaneMetrics(),
@@ -324,7 +324,7 @@ def serve_control_plane(settings: Settings):
     """The control plane's app in uvicorn on a free port (a thread of this process)."""
     import uvicorn
 
-    from control_plane.api import create_app
+    from control_plane.api.app import create_app
 
     (port,) = free_ports(1)
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
@@ -351,7 +351,7 @@ def _gateway_settings(url: str, token: str, **kw):
 
 
 def _images(n: int) -> list[np.ndarray]:
-    from control_plane.synthetic_data import render_sample, sample_rng
+    from control_plane.training.synthetic_data import render_sample, sample_rng
 
     return [render_sample(sample_rng(9, "val", i), IMGSZ).image for i in range(n)]
 

@@ -15,8 +15,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 from PIL import Image
 
-from control_plane import triton_server
-from control_plane.processes import Supervisor
+from control_plane.stack import triton_server
+from control_plane.stack.supervisor import Supervisor
 from tests.conftest import free_ports, gateway_process
 from tracker_service.app import create_app
 from tracker_service.settings import GatewaySettings

@@ -625,7 +625,9 @@ def test_gateway_reaches_triton_without_shared_memory(overlay):
     host, port = config["VG_GATEWAY_TRITON_URL"].rsplit(":", 1)
     triton_svc = get(objs, "Service", host)
     assert {p["name"]: p["port"] for p in triton_svc["spec"]["ports"]}["grpc"] == int(port)
-    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Readiness follows the process, not Triton: during a Triton restart gateways stay in the
+    # Service and answer 503 + Retry-After themselves (tests/test_faults.py, locally).
+    assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert "--workers" not in c.get("args", []) + c.get("command", [])
     from tracker_service.settings import GatewaySettings
@@ -752,7 +754,7 @@ def test_every_secret_the_pods_use_is_documented(overlay):
 def test_control_plane_image_runs_the_api():
     lines = dockerfile_lines(IMAGES / "control-plane.Dockerfile")
     installs = " ".join(line for line in lines if "pip install" in line)
-    assert '".[export,control]"' in installs
+    assert '".[export,control,opensearch]"' in installs  # opensearch: the cluster's log store
     assert "nvidia-cuda-runtime-cu12==" in installs  # perf_analyzer's libcudart (latency gate)
     assert any(re.search(r"apt-get install .*libb64-0d=", line) for line in lines)
     assert 'ENTRYPOINT ["visionguard", "serve", "control-plane"]' in lines
@@ -1077,3 +1079,150 @@ patches:
                   check_gateway_follows_the_control_plane,
                   check_control_plane_writes_the_repository):
         assert check(real) == [], check.__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# The log RAG's OpenSearch component (k8s/components/opensearch): each overlay with it added,
+# rendered and checked like the overlays themselves.
+
+OPENSEARCH = K8S / "components" / "opensearch"
+
+
+def with_component(variant: str, tmp_path: Path, extra: str = "") -> list[dict]:
+    overlay = os.path.relpath(K8S / "overlays" / variant, tmp_path)
+    component = os.path.relpath(OPENSEARCH, tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(f"""\
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - {overlay}
+components:
+  - {component}
+{extra}""")
+    return render(tmp_path)
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def with_opensearch(request, tmp_path_factory) -> tuple[str, list[dict]]:
+    return request.param, with_component(request.param, tmp_path_factory.mktemp(request.param))
+
+
+def check_opensearch(objs: list[dict]) -> list[str]:
+    """The control plane's log store is the component's OpenSearch: its URL names the Service
+    and port, only the control plane may reach it, its data is on a claim."""
+    problems = []
+    dep, c = control_plane_container(objs)
+    if dep is None:
+        return [f"no Deployment/{CONTROL_PLANE}"]
+    env = env_sources(objs, c)
+    if env.get("VG_LOGS_STORE", {}).get("value") != "opensearch":
+        problems.append("control plane: VG_LOGS_STORE is not opensearch")
+    sts = by_kind(objs, "StatefulSet").get("opensearch")
+    if sts is None:
+        return problems + ["no StatefulSet/opensearch"]
+    labels = pod_spec_labels(sts)
+    url = urlsplit(env.get("VG_LOGS_OPENSEARCH_URL", {}).get("value") or "")
+    svc = by_kind(objs, "Service").get(url.hostname or "")
+    (container,) = [x for x in pod_spec(sts)["containers"] if x["name"] == "opensearch"]
+    ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+    if svc is None or not selects(svc["spec"]["selector"], labels):
+        problems.append(f"control plane: VG_LOGS_OPENSEARCH_URL {url.geturl()!r} is not a "
+                        "Service of the OpenSearch pods")
+    else:
+        port = next((p for p in svc["spec"]["ports"] if p["port"] == url.port), None)
+        if port is None or ports.get(port.get("targetPort")) != 9200:
+            problems.append(f"Service/{svc['metadata']['name']}: port {url.port} does not reach "
+                            "OpenSearch's 9200")
+        if svc["spec"].get("type", "ClusterIP") != "ClusterIP":
+            problems.append("Service/opensearch is exposed outside the cluster")
+    policies = [p for p in by_kind(objs, "NetworkPolicy").values()
+                if selects(p["spec"]["podSelector"].get("matchLabels", {}), labels)]
+    if not policies:
+        problems.append("no NetworkPolicy selects the OpenSearch pods")
+    control_labels = pod_spec_labels(dep)
+    for p in policies:
+        for rule in p["spec"].get("ingress", []):
+            sources = rule.get("from")
+            if not sources or any("podSelector" not in s or "ipBlock" in s or
+                                  not selects(s["podSelector"].get("matchLabels", {}),
+                                              control_labels) for s in sources):
+                problems.append(f"NetworkPolicy/{p['metadata']['name']} admits more than the "
+                                "control plane")
+    claims = {t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])}
+    data = next((m for m in container.get("volumeMounts", [])
+                 if m["mountPath"] == "/usr/share/opensearch/data"), None)
+    if data is None or data["name"] not in claims:
+        problems.append("OpenSearch's data is not on a PersistentVolumeClaim")
+    return problems
+
+
+def test_overlays_without_the_component_keep_the_sqlite_store(overlay):
+    _, objs = overlay
+    _, c = control_plane_container(objs)
+    assert env_sources(objs, c).get("VG_LOGS_STORE", {}).get("value", "sqlite") == "sqlite"
+    assert "opensearch" not in by_kind(objs, "StatefulSet")
+
+
+def test_opensearch_component_matches_kubernetes_schemas(with_opensearch):
+    import kubernetes_validate
+
+    variant, objs = with_opensearch
+    problems = []
+    for version in SCHEMA_VERSIONS:
+        for obj in objs:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                problems.append(f"{version} {obj['kind']}/{obj['metadata']['name']}: "
+                                f"{exc.message}")
+    assert not problems, f"{variant}:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("check", ALL_CHECKS + (check_opensearch,), ids=lambda f: f.__name__)
+def test_opensearch_component_properties(with_opensearch, check):
+    variant, objs = with_opensearch
+    problems = check(objs)
+    assert not problems, f"{variant} + opensearch:\n" + "\n".join(problems)
+
+
+def test_opensearch_component_settings_resolve(with_opensearch, monkeypatch):
+    """Settings built from the control plane's environment choose the OpenSearch store at the
+    component's Service; the image is pinned."""
+    _, objs = with_opensearch
+    _, c = control_plane_container(objs)
+    for key in [k for k in os.environ if k.startswith("VG_")]:
+        monkeypatch.delenv(key)
+    for key, src in env_sources(objs, c).items():
+        monkeypatch.setenv(key, src["value"])
+    from control_plane.settings import Settings
+
+    s = Settings()
+    assert s.logs_store == "opensearch" and s.logs_opensearch_index == "visionguard-logs"
+    assert urlsplit(s.logs_opensearch_url).hostname in by_kind(objs, "Service")
+    sts = get(objs, "StatefulSet", "opensearch")
+    for _, container in containers(sts):
+        name, _, tag = container["image"].rpartition(":")
+        assert name == "opensearchproject/opensearch" and tag and tag != "latest"
+
+
+def test_opensearch_check_catches_a_broken_component(tmp_path):
+    objs = with_component("cpu", tmp_path, extra="""\
+patches:
+  - target: {kind: NetworkPolicy, name: opensearch}
+    patch: |-
+      - op: replace
+        path: /spec/ingress/0/from
+        value: [{ipBlock: {cidr: 0.0.0.0/0}}]
+  - target: {kind: Service, name: opensearch}
+    patch: |-
+      - op: replace
+        path: /spec/type
+        value: NodePort
+      - op: replace
+        path: /spec/ports/0/port
+        value: 9300
+""")
+    problems = check_opensearch(objs)
+    assert "NetworkPolicy/opensearch admits more than the control plane" in problems
+    assert "Service/opensearch: port 9200 does not reach OpenSearch's 9200" in problems
+    assert "Service/opensearch is exposed outside the cluster" in problems

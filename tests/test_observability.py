@@ -173,9 +173,9 @@ def test_span_file_rolls_over_past_its_bound(tmp_path):
 def collector_client(tmp_path):
     """The collector's router in a bare app with the control plane's error handlers (the whole
     control plane runs in the integration tests)."""
-    from control_plane import collector
-    from control_plane.api import ControlPlaneError, on_control_plane_error
-    from control_plane.metrics import ControlPlaneMetrics
+    from control_plane.logs import receiver as collector
+    from control_plane.api.app import ControlPlaneError, on_control_plane_error
+    from control_plane.api.metrics import ControlPlaneMetrics
     from control_plane.settings import Settings
 
     settings = Settings(runtime_dir=tmp_path)
@@ -454,9 +454,9 @@ def test_gateway_metrics_cover_the_request_path(traced_stack, traced_frame, bus_
 
 
 def test_up_sends_spans_to_the_control_plane_unless_the_user_names_a_collector(monkeypatch):
-    from control_plane.cli import gateway_env
+    from control_plane.stack.up import gateway_env
     from control_plane.settings import Settings
-    from control_plane.triton_server import trace_args
+    from control_plane.stack.triton_server import trace_args
 
     for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)

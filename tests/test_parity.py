@@ -72,8 +72,8 @@ def test_raw_output_through_triton_matches_ultralytics(stack, image):
 @pytest.mark.integration
 def test_onnxruntime_runtime_matches_too(tmp_path):
     """The same model served with runtime=onnxruntime (the fallback without OpenVINO)."""
-    from control_plane import triton_server
-    from control_plane.processes import Supervisor
+    from control_plane.stack import triton_server
+    from control_plane.stack.supervisor import Supervisor
     from control_plane.settings import Settings
     from export.pipeline import export_to_repository
     from tests.conftest import free_ports
@@ -146,8 +146,8 @@ def detecting_stack(tmp_path_factory, trained_checkpoint):
     """Triton + gateway serving a checkpoint trained here on generated shapes."""
     from dataclasses import replace
 
-    from control_plane.cli import start_stack
-    from control_plane.processes import Supervisor
+    from control_plane.stack.up import start_stack
+    from control_plane.stack.supervisor import Supervisor
     from control_plane.settings import Settings
     from export.pipeline import export_to_repository
     from tests.conftest import free_ports

@@ -20,7 +20,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from tests.conftest import gateway_process, run_up, settings_from, stack_env
+from tests.conftest import checkout_state, gateway_process, run_up, settings_from, stack_env
 
 pytestmark = pytest.mark.integration
 
@@ -35,12 +35,13 @@ class Release:
     champion: str
     eval_data: Path
     stack: object
+    checkout: str  # git's view of the checkout before the stack ran
 
 
 @pytest.fixture(scope="module")
 def eval_data(tmp_path_factory) -> Path:
     """A small held-out evaluation set (a seed no training set here uses)."""
-    from control_plane.synthetic_data import generate_dataset
+    from control_plane.training.synthetic_data import generate_dataset
 
     return generate_dataset(tmp_path_factory.mktemp("eval") / "data", n_train=0, n_val=40,
                             imgsz=256, seed=7)
@@ -49,11 +50,13 @@ def eval_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def release(trained_checkpoint, eval_data, tmp_path_factory):
     from control_plane.auth import TokenStore
-    from control_plane.registry import Registry
+    from control_plane.releases.registry import Registry
 
     root = tmp_path_factory.mktemp("release")
+    checkout = checkout_state()
     env = {**stack_env(root / "repo", root / "runtime"),
            "VG_GATEWAY_ROUTING_POLL_S": "0.5", "VG_ROUTING_DRAIN_S": "1.5"}
+    del env["VG_MODEL_REPOSITORY"]  # the default: the live repository in the runtime directory
     settings = replace(settings_from(env), routing_drain_s=1.5)
     registry = Registry(settings)
     v1 = registry.register(trained_checkpoint, actor="test", eval_data=eval_data)
@@ -63,11 +66,11 @@ def release(trained_checkpoint, eval_data, tmp_path_factory):
         tokens = {role: store.create(f"test-{role}", [role])
                   for role in ("release", "gateway", "viewer")}
         yield Release(settings, stack.gateway_url, settings.control_url, tokens, registry,
-                      v1.version, eval_data, stack)
+                      v1.version, eval_data, stack, checkout)
 
 
 def promoter(release: Release, **overrides):
-    from control_plane.promotion import Promoter
+    from control_plane.releases.promoter import Promoter
 
     return Promoter(replace(release.settings, **overrides), actor="test",
                     registry=release.registry)
@@ -102,8 +105,9 @@ def perturbed_checkpoint(src: Path, dst: Path, noise: float) -> Path:
 def register_artifact(release: Release, onnx_path: Path, what: str) -> str:
     """A version whose registered ONNX artifact is `onnx_path`, tagged like the champion
     (class names, metrics, evaluation data): a broken artifact behind good metadata."""
-    from control_plane.registry import REGISTRY_EXPERIMENT
-    from control_plane.training import experiment_id, register_version
+    from control_plane.releases.registry import REGISTRY_EXPERIMENT
+    from control_plane.mlflow_store import experiment_id
+    from control_plane.training.train import register_version
 
     reg = release.registry
     champion = reg.get(release.champion)
@@ -170,9 +174,9 @@ class Load:
 
 def split_streams(percent: float, n: int) -> tuple[list[str], list[str]]:
     """Stream ids the routing sends to the champion and to the challenger at `percent`."""
-    from tracker_service.routing import RoutingTable
+    from tracker_service.routing import Routing
 
-    table = RoutingTable("1", "2", percent)
+    table = Routing(champion="1", challenger="2", canary_percent=percent)
     champion, challenger = [], []
     for i in range(1000):
         name = f"cam-{i}"
@@ -184,8 +188,8 @@ def split_streams(percent: float, n: int) -> tuple[list[str], list[str]]:
 
 def test_canary_promote_rollback_under_load_fail_no_request(release, trained_checkpoint,
                                                            shapes_images, tmp_path):
-    from control_plane.audit import AuditLog
-    from control_plane.registry import CHAMPION, PREVIOUS
+    from control_plane.releases.audit import AuditLog
+    from control_plane.mlflow_store import CHAMPION, PREVIOUS
 
     v2 = release.registry.register(trained_checkpoint, actor="test", eval_data=release.eval_data).version
     v1 = release.champion
@@ -281,7 +285,7 @@ def _assert_rejected_cleanly(release, version: str, exc, step: str, words: str,
 @pytest.mark.parametrize("case", ["nan_outputs", "wrong_shapes", "fails_to_load"])
 def test_broken_candidates_are_rejected_and_the_champion_keeps_serving(release, case,
                                                                         tmp_path, seeded_repo):
-    from control_plane.promotion import CandidateRejected
+    from control_plane.releases.promoter import CandidateRejected
     from export import triton_repo
 
     path = tmp_path / "model.onnx"
@@ -297,9 +301,9 @@ def test_broken_candidates_are_rejected_and_the_champion_keeps_serving(release, 
     elif case == "wrong_shapes":  # 80 COCO classes behind metadata that says 4
         path.write_bytes((seeded_repo / "detector" / "1" / "model.onnx").read_bytes())
         step, words = "smoke_parity", "wrong tensor shapes"
-    else:
+    else:  # checked before Triton ever sees it (export/checkpoint.check_onnx)
         path.write_bytes(b"\x08\x07 this is not an ONNX file")
-        step, words = "load", "failed to load"
+        step, words = "export", "onnx refused"
     version = register_artifact(release, path, case)
     served_before = triton_repo.served_versions(repo_dir(release))
     with pytest.raises(CandidateRejected) as info:
@@ -308,7 +312,7 @@ def test_broken_candidates_are_rejected_and_the_champion_keeps_serving(release, 
 
 
 def test_gates_reject_a_worse_or_slower_candidate(release, trained_checkpoint, tmp_path):
-    from control_plane.promotion import CandidateRejected
+    from control_plane.releases.promoter import CandidateRejected
     from export import triton_repo
 
     champion = release.registry.get(release.champion)
@@ -358,6 +362,12 @@ def test_http_api_needs_tokens_and_roles_and_says_why(release):
     r = httpx.post(f"{url}/v1/models", headers=auth["release"],
                    json={"checkpoint": "/nonexistent/best.pt"}, timeout=60)
     assert r.status_code == 400 and "does not exist" in r.json()["error"]["message"]
+    # Odd paths: a clear 400 naming the problem, never a 500.
+    for odd in ("../../../../etc/passwd", "", "/tmp", "a\x00b"):
+        r = httpx.post(f"{url}/v1/models", headers=auth["release"], json={"checkpoint": odd},
+                       timeout=60)
+        assert r.status_code == 400, (odd, r.text)
+        assert r.json()["error"]["code"] == "bad_request" and r.json()["error"]["message"]
 
     # A broken candidate through the API: 422 with the step and the reason.
     bad = Path(release.settings.runtime_dir) / "garbage" / "model.onnx"
@@ -367,7 +377,7 @@ def test_http_api_needs_tokens_and_roles_and_says_why(release):
     r = httpx.post(f"{url}/v1/models/{version}/promote", headers=auth["release"], timeout=120)
     body = r.json()["error"]
     assert r.status_code == 422 and body["code"] == "candidate_rejected"
-    assert body["step"] == "load" and "failed to load" in body["message"]
+    assert body["step"] == "export" and "ONNX refused" in body["message"]
 
     r = httpx.get(f"{url}/v1/routing", headers=auth["gateway"])
     assert r.status_code == 200 and r.json()["champion"] == release.champion
@@ -409,8 +419,8 @@ def test_registered_version_carries_metrics_onnx_and_lineage(release, trained_ch
 def test_promotion_loads_into_every_triton(release, trained_checkpoint, tmp_path):
     """Scaled out, every Triton serving the repository must hold the version before routing
     moves: a second Triton on the same repository gets the canary too, and loses it again."""
-    from control_plane import triton_server
-    from control_plane.processes import Supervisor
+    from control_plane.stack import triton_server
+    from control_plane.stack.supervisor import Supervisor
     from tests.conftest import free_ports
 
     http, grpc, metrics = free_ports(3)
@@ -460,3 +470,35 @@ def test_a_routed_challenger_triton_lacks_falls_back_to_the_champion(release, sh
     finally:
         reg.delete_alias("challenger")
         reg.set_canary_percent(0)
+
+
+def test_a_malicious_checkpoint_is_refused_and_never_runs(release, tmp_path):
+    """A .pt whose pickle runs a shell command, registered over the API: 400 with the reason,
+    and the command never ran inside the control plane."""
+    import os
+
+    import torch
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": Payload(), "train_args": {}}, evil)
+    auth = {"authorization": f"Bearer {release.tokens['release']}"}
+    r = httpx.post(f"{release.control_url}/v1/models", headers=auth,
+                   json={"checkpoint": str(evil)}, timeout=120)
+    assert r.status_code == 400, r.text
+    body = r.json()["error"]
+    assert body["refused"] == "unsafe" and "system" in body["message"], body
+    assert not marker.exists(), "the checkpoint's payload ran"
+
+
+def test_releases_leave_the_checkout_untouched(release):
+    """Runs last in this module, after `up`, register, canary, promote, rollback and the
+    rejections: the live repository is in the runtime directory, and git sees no change."""
+    assert release.settings.model_repository == release.settings.runtime_dir / "model_repository"
+    assert (release.settings.model_repository / "detector" / "config.pbtxt").exists()
+    assert checkout_state() == release.checkout, "running the product changed the checkout"

@@ -22,8 +22,8 @@ import tritonclient.grpc as grpcclient
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from control_plane import triton_server
-from control_plane.processes import Supervisor, tail
+from control_plane.stack import triton_server
+from control_plane.stack.supervisor import Supervisor, tail
 from control_plane.settings import Settings
 from export.reid import MODEL_PY, export_reid_onnx, export_reid_to_repository
 from tests.conftest import free_ports

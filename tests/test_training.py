@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from control_plane import synthetic_data
-from control_plane.synthetic_data import (SHAPES, dataset_hash, generate_dataset, render_sample,
+from control_plane.training import synthetic_data
+from control_plane.training.synthetic_data import (SHAPES, dataset_hash, generate_dataset, render_sample,
                                           sample_rng)
 
 # --- the dataset -----------------------------------------------------------------------------
@@ -73,7 +73,7 @@ def test_split_sizes_names_and_pairs(small_dataset):
     # Ultralytics reads the file as written (splits resolved beside it).
     from ultralytics.data.utils import check_det_dataset
 
-    from control_plane.training import _no_font_download
+    from control_plane.training.train import _no_font_download
 
     with _no_font_download():  # its font download would be this test's network traffic
         checked = check_det_dataset(str(small_dataset))
@@ -134,14 +134,15 @@ def test_unknown_classes_are_refused(tmp_path):
 
 
 def test_store_defaults_to_sqlite_under_the_runtime_dir(tmp_path, monkeypatch):
-    from control_plane.training import mlflow_store
+    from control_plane.mlflow_store import mlflow_store, store_for
+    from control_plane.settings import Settings
 
     monkeypatch.delenv("VG_MLFLOW_TRACKING_URI", raising=False)
-    store = mlflow_store(runtime_dir=tmp_path)
+    store = store_for(Settings(runtime_dir=tmp_path))
     assert store.tracking_uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
     assert store.artifact_location == (tmp_path.resolve() / "mlartifacts").as_uri()
     monkeypatch.setenv("VG_MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
-    store = mlflow_store(runtime_dir=tmp_path)
+    store = store_for(Settings(runtime_dir=tmp_path))
     assert store.tracking_uri == "http://mlflow.example:5000" and store.artifact_location is None
     assert mlflow_store("sqlite:////x/y.db").artifact_location == "file:///x/mlartifacts"
 
@@ -172,7 +173,7 @@ sys.addaudithook(_audit)  # cannot be removed; records only while a training bel
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny bootstrap into a fresh SQLite store, then a second one registered after it."""
-    from control_plane.training import train_bootstrap
+    from control_plane.training.train import train_bootstrap
 
     global _network
     tmp = tmp_path_factory.mktemp("bootstrap")

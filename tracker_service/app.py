@@ -1,4 +1,10 @@
-"""The Litestar gateway: route handlers translate HTTP to a pipeline call, nothing more."""
+"""The Litestar gateway: route handlers translate HTTP to a service call, nothing more.
+
+A handler parses the query and names the body, calls one `DetectionService` method (service.py,
+given through `Provide`, built in the lifespan) and builds the response struct. Typed errors
+(errors.py) are mapped to JSON once, here; what to detect with and how a stream's frames are
+ordered is decided in the service.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +12,30 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
-import cv2
 import msgspec
-from anyio import to_thread
 from litestar import Litestar, MediaType, Request, Response, delete, get, post
-from litestar.datastructures import UploadFile
+from litestar.datastructures import State, UploadFile
+from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.params import Parameter
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from tracker_service.decode import check_media_type
-from tracker_service.detection import DetectionPipeline, DetectOptions, Detections
+from tracker_service.detection import DetectOptions, Detections
 from tracker_service.drift_sampler import DriftSampler
-from tracker_service.errors import GatewayError, InvalidRequest, ModelNotFound
+from tracker_service.errors import GatewayError, InvalidRequest
 from tracker_service.metrics import GatewayMetrics
-from tracker_service.routing import CHALLENGER, CHAMPION, DEFAULT, EXPLICIT, RoutingFollower
+from tracker_service.recorder import RequestRecorder
+from tracker_service.routing_follower import RoutingFollower
+from tracker_service.service import DetectionService
 from tracker_service.settings import GatewaySettings
 from tracker_service.streams import StreamRegistry
-from tracker_service.telemetry import (annotate, request_telemetry, setup_logging,
-                                       setup_tracing, status_recorder, tracer)
+from tracker_service.telemetry import (request_telemetry, setup_logging, setup_tracing,
+                                       status_recorder)
 from tracker_service.tracking import (OUT_AGE, OUT_CLASS, OUT_ID, OUT_SCORE, OUT_STATE,
                                       HistogramEmbedder, TrackState)
 from tracker_service.triton_client import DetectorClient
@@ -103,43 +109,14 @@ def detect_options(conf: float, iou: float, max_det: int, classes: str | None,
     return DetectOptions(conf, iou, max_det, parse_classes(classes), version)
 
 
-async def routed_detect(request: Request, data: bytes, opts: DetectOptions,
-                        stream_id: str | None = None, keep_image: bool = False) -> Detections:
-    """Detect with the version the routing picks (unless the client named one). If the routed
-    version left Triton while this gateway's routing was a poll behind, fetch the routing
-    again and answer with its current choice instead of failing the request."""
-    pipeline: DetectionPipeline = request.app.state.pipeline
-    routing: RoutingFollower = request.app.state.routing
-    version, role = routing.choose(opts.version, stream_id)
-    try:
-        d = await pipeline.detect(data, replace(opts, version=version), keep_image)
-    except ModelNotFound:
-        if role in (EXPLICIT, DEFAULT):
-            raise
-        failed = version
-        await routing.refresh()
-        version, role = routing.choose("", stream_id)
-        if version == failed and role == CHALLENGER and routing.table.champion:
-            # The challenger is routed but not served (e.g. a repository without it): the
-            # champion answers rather than the client getting an error.
-            version, role = routing.table.champion, CHAMPION
-        elif version == failed:
-            raise
-        d = await pipeline.detect(data, replace(opts, version=version), keep_image)
-    request.app.state.metrics.routed.labels(d.model_version, role).inc()
-    return d
-
-
 @post("/v1/detect", status_code=200, summary="Detect objects in one image",
       description="Body: a raw image/jpeg, image/png or image/webp, or multipart/form-data with "
                   "a file part. Boxes are xyxy in the original image's pixels.")
-async def detect(request: Request, conf: Conf = 0.25, iou: Iou = 0.7, max_det: MaxDet = 300,
-                 classes: Classes = None, version: Version = "") -> DetectResponse:
-    pipeline: DetectionPipeline = request.app.state.pipeline
+async def detect(request: Request, service: DetectionService, conf: Conf = 0.25, iou: Iou = 0.7,
+                 max_det: MaxDet = 300, classes: Classes = None,
+                 version: Version = "") -> DetectResponse:
     opts = detect_options(conf, iou, max_det, classes, version)
-    async with pipeline.admit():
-        data = await read_image(request)
-        d = await routed_detect(request, data, opts)
+    d = await service.detect(lambda: read_image(request), opts)
     return DetectResponse(ModelRef(d.model.name, d.model_version), ImageSize(d.width, d.height),
                           detections_body(d), d.timings_ms)
 
@@ -173,54 +150,29 @@ def tracks_body(tracks, names: dict[int, str]) -> list[Track]:
     ]
 
 
-async def embed(request: Request, d: Detections):
-    """Appearance embeddings of the detections, from the configured embedder."""
-    embedder = request.app.state.embedder
-    rgb = cv2.cvtColor(d.image, cv2.COLOR_BGR2RGB)
-    if isinstance(embedder, HistogramEmbedder):
-        return await to_thread.run_sync(embedder.embed, rgb, d.boxes)
-    return await embedder.embed(rgb, d.boxes)
-
-
 @post("/v1/streams/{stream_id:str}/frames", status_code=200, summary="Track one frame",
       description="Body as /v1/detect. `frame` (optional) orders the stream's frames; frames "
                   "not newer than the last one get 409. The default `conf` is low (0.1) so the "
                   "tracker's second association stage sees low-score detections.")
-async def stream_frame(request: Request, stream_id: str,
+async def stream_frame(request: Request, service: DetectionService, stream_id: str,
                        frame: Annotated[int | None, Parameter(ge=0)] = None,
+                       fps: Annotated[float | None, Parameter(
+                           gt=0, le=1000, description="the stream's frame rate, fixed when the "
+                           "stream is created (default 30): trackers' time constants are "
+                           "seconds")] = None,
                        conf: Conf = 0.1, iou: Iou = 0.7, max_det: MaxDet = 300,
                        classes: Classes = None, version: Version = "") -> FrameResponse:
-    pipeline: DetectionPipeline = request.app.state.pipeline
-    streams: StreamRegistry = request.app.state.streams
     opts = detect_options(conf, iou, max_det, classes, version)
-    async with pipeline.admit(), streams.frame(stream_id, frame) as (frame_no, turn):
-        data = await read_image(request)
-        use_embeddings = streams.needs_embeddings
-        d = await routed_detect(request, data, opts, stream_id, keep_image=use_embeddings)
-        t0 = time.perf_counter()
-        with tracer.start_as_current_span("track", attributes={
-                "stream.id": stream_id, "tracker": request.app.state.settings.tracker}) as span:
-            embeddings = await embed(request, d) if use_embeddings else None
-            stream = await turn()
-            tracks = stream.tracker.update(d.as_array(), embeddings)
-            span.set_attribute("tracks", len(tracks))
-        stream.frames_applied += 1
-        stream.tracks_reported = len(tracks)
-        d.timings_ms["track"] = round((time.perf_counter() - t0) * 1000, 3)
-    metrics: GatewayMetrics = request.app.state.metrics
-    metrics.stage.labels("track").observe(d.timings_ms["track"] / 1000)
-    metrics.active_streams.set(len(streams))
-    metrics.active_tracks.set(streams.active_tracks)
-    return FrameResponse(stream_id, frame_no, ModelRef(d.model.name, d.model_version),
+    t = await service.track(stream_id, frame, lambda: read_image(request), opts, fps)
+    d = t.detections
+    return FrameResponse(stream_id, t.frame, ModelRef(d.model.name, d.model_version),
                          ImageSize(d.width, d.height), detections_body(d),
-                         tracks_body(tracks, d.model.names), d.timings_ms)
+                         tracks_body(t.tracks, d.model.names), d.timings_ms)
 
 
 @delete("/v1/streams/{stream_id:str}", status_code=204, summary="Forget a stream's tracks")
-async def delete_stream(request: Request, stream_id: str) -> None:
-    streams: StreamRegistry = request.app.state.streams
-    streams.delete(stream_id)
-    request.app.state.metrics.active_streams.set(len(streams))
+async def delete_stream(service: DetectionService, stream_id: str) -> None:
+    service.forget(stream_id)
 
 
 @get("/healthz", summary="Liveness: the gateway process answers")
@@ -228,26 +180,27 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", summary="Readiness: the detector is ready in Triton")
-async def readyz(request: Request) -> Response[dict]:
-    client: DetectorClient = request.app.state.client
-    if await client.ready():
-        return Response({"status": "ready", "model": client.model})
-    return Response({"status": "not_ready", "model": client.model}, status_code=503,
-                    headers={"Retry-After": str(request.app.state.settings.retry_after_s)})
+@get("/readyz", summary="Readiness: the detector is ready in Triton",
+     description="503 with a `reason` while not ready: what the stack is waiting for (for "
+                 "example the bootstrap training's epoch and time left), else why Triton "
+                 "does not serve the detector.")
+async def readyz(service: DetectionService) -> Response[dict]:
+    readiness = await service.readiness()
+    if readiness.ready:
+        return Response({"status": "ready", "model": service.model_name})
+    return Response({"status": "not_ready", "model": service.model_name,
+                     "reason": readiness.reason}, status_code=503,
+                    headers={"Retry-After": str(service.settings.retry_after_s)})
 
 
 @get("/metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST)
-async def metrics(request: Request) -> Response[bytes]:
-    gateway_metrics: GatewayMetrics = request.app.state.metrics
-    await gateway_metrics.triton_stats.refresh(request.app.state.client)
-    return Response(generate_latest(gateway_metrics.registry), media_type=CONTENT_TYPE_LATEST)
+async def metrics(service: DetectionService) -> Response[bytes]:
+    return Response(await service.scrape(), media_type=CONTENT_TYPE_LATEST)
 
 
-def _error_response(request: Request, status: int, body: dict, headers: dict | None = None,
-                    kind: str = "") -> Response:
-    request.app.state.metrics.errors.labels(kind or body["error"]["code"]).inc()
-    annotate(error_code=body["error"]["code"], error=body["error"].get("message"))
+def _error_response(request: Request, status: int, body: dict,
+                    headers: dict | None = None) -> Response:
+    request.app.state.recorder.error(body["error"]["code"], body["error"].get("message"))
     return Response(body, status_code=status, headers=headers or {},
                     media_type=MediaType.JSON)
 
@@ -285,17 +238,19 @@ def make_embedder(settings: GatewaySettings):
     raise ValueError(f"unknown embedder {settings.embedder!r}: histogram or triton")
 
 
-async def evict_idle_streams(app: Litestar) -> None:
-    streams: StreamRegistry = app.state.streams
+async def evict_idle_streams(service: DetectionService) -> None:
     while True:
-        await asyncio.sleep(max(0.5, min(30.0, streams.ttl_s / 4)))
-        streams.evict_idle()
-        app.state.metrics.active_streams.set(len(streams))
-        app.state.metrics.active_tracks.set(streams.active_tracks)
+        await asyncio.sleep(max(0.5, min(30.0, service.streams.ttl_s / 4)))
+        service.evict_idle()
+
+
+def provide_service(state: State) -> DetectionService:
+    return state.service
 
 
 def create_app(settings: GatewaySettings | None = None) -> Litestar:
     settings = settings or GatewaySettings()
+    gateway_metrics = GatewayMetrics()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -304,29 +259,29 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
             settings.retry_after_s,
             shared_memory_slots=settings.max_triton_in_flight if settings.shared_memory else 0,
             max_image_bytes=settings.imgsz * settings.imgsz * 3)
-        app.state.client = client
-        app.state.pipeline = DetectionPipeline(settings, client, app.state.metrics)
-        app.state.drift = DriftSampler(settings, app.state.metrics)
-        app.state.pipeline.drift = app.state.drift
-        app.state.drift.start()
-        app.state.streams = StreamRegistry(settings.tracker, settings.stream_ttl_s,
-                                           settings.max_streams, settings.max_stream_id_length)
-        app.state.embedder = make_embedder(settings)
-        app.state.routing = RoutingFollower(settings, app.state.metrics)
-        await app.state.routing.start()
-        evictor = asyncio.create_task(evict_idle_streams(app))
+        drift = DriftSampler(settings, gateway_metrics)
+        drift.start()
+        streams = StreamRegistry(settings.tracker, settings.stream_ttl_s, settings.max_streams,
+                                 settings.max_stream_id_length)
+        embedder = make_embedder(settings)
+        routing = RoutingFollower(settings, gateway_metrics)
+        await routing.start()
+        app.state.service = DetectionService(settings, client, routing, streams, embedder, drift,
+                                             gateway_metrics)
+        evictor = asyncio.create_task(evict_idle_streams(app.state.service))
         try:
             yield
         finally:
             evictor.cancel()
-            await app.state.drift.close()
-            await app.state.routing.close()
-            if hasattr(app.state.embedder, "close"):
-                await app.state.embedder.close()
+            await drift.close()
+            await routing.close()
+            if hasattr(embedder, "close"):
+                await embedder.close()
             await client.close()
 
     app = Litestar(
         route_handlers=[detect, stream_frame, delete_stream, healthz, readyz, metrics],
+        dependencies={"service": Provide(provide_service, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers={
             GatewayError: on_gateway_error,
@@ -344,7 +299,8 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
                   otlp_protocol=settings.otlp_protocol,
                   spans_file=Path(settings.traces_file) if settings.traces_file else None)
     app.state.settings = settings
-    app.state.metrics = GatewayMetrics()
+    app.state.metrics = gateway_metrics
+    app.state.recorder = RequestRecorder(gateway_metrics)
     return app
 
 
@@ -362,8 +318,7 @@ def _timing_middleware(app):
         finally:
             handler = scope.get("route_handler")
             route = next(iter(handler.paths)) if handler is not None else "unmatched"
-            metrics: GatewayMetrics = scope["app"].state.metrics
-            metrics.requests.labels(route, str(status["code"])).observe(
-                time.perf_counter() - start)
+            recorder: RequestRecorder = scope["app"].state.recorder
+            recorder.request(route, status["code"], time.perf_counter() - start)
 
     return middleware

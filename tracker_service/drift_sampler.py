@@ -27,8 +27,6 @@ log = logging.getLogger("visionguard.gateway.drift")
 
 MAX_FEATURISING = 4  # images whose features are being computed at once
 
-OUTCOMES = ("buffered", "sent", "dropped_full", "dropped_unreachable", "dropped_rejected")
-
 
 class DriftSampler:
     def __init__(self, settings: GatewaySettings, metrics: GatewayMetrics,

@@ -4,7 +4,7 @@
   log line leads to its trace and back (`JsonFormatter`, `setup_logging`).
 - Spans: OpenTelemetry SDK. Exporters come from the standard `OTEL_*` variables (OTLP over
   HTTP or gRPC) and/or a JSON-lines file in one schema (`span_record`), the same schema the
-  control plane's OTLP receiver writes (control_plane/collector.py), so one file can hold the
+  control plane's OTLP receiver writes (control_plane/logs/receiver.py), so one file can hold the
   gateway's and Triton's spans of a request.
 - `request_telemetry`: ASGI middleware that continues a caller's W3C trace context, opens one
   server span per request, answers with `X-Trace-Id`, and logs one line per request.
@@ -228,11 +228,6 @@ def setup_tracing(service: str, *, otlp_endpoint: str = "", otlp_protocol: str =
     trace.set_tracer_provider(provider)
     _provider = provider
     return provider
-
-
-def flush_tracing(timeout_ms: int = 5000) -> None:
-    if _provider is not None:
-        _provider.force_flush(timeout_ms)
 
 
 def traceparent_headers() -> dict[str, str]:

@@ -57,11 +57,9 @@ def is_image(path: Path) -> bool:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+    """A file's SHA-256, read in chunks (datasets' images, registered checkpoints)."""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def content_hash(files: dict[str, str], classes: list[str], split: str | None = None) -> str:

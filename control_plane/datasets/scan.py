@@ -17,6 +17,7 @@ import io
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -56,6 +57,29 @@ class ImageFacts:
     thumb: np.ndarray | None = None  # 16 x 16 x 3 uint8, RGB: confirms a near duplicate
     rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 5)))  # class cx cy w h
     label_errors: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def pillow_open():
+    """Decode with Pillow's own `Image.open` while in this block.
+
+    Importing ultralytics (the control plane does, for registration and drift) replaces
+    `PIL.Image.open` process-wide with a wrapper that, on an image Pillow cannot identify,
+    tries to pip-install a HEIF plugin: offline that is a ModuleNotFoundError instead of "this
+    image does not decode", and online it would install a package in the middle of an import.
+    """
+    from PIL import Image
+
+    patches = sys.modules.get("ultralytics.utils.patches")
+    original = getattr(patches, "_image_open", None)
+    if original is None or Image.open is original:
+        yield
+        return
+    wrapped, Image.open = Image.open, original
+    try:
+        yield
+    finally:
+        Image.open = wrapped
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

@@ -36,7 +36,7 @@ import numpy as np
 
 from control_plane.datasets.errors import ClassMismatch, SourceError
 from control_plane.datasets.layout import SPLITS, is_image, yolo_splits
-from control_plane.datasets.scan import image_size
+from control_plane.datasets.scan import image_size, pillow_open
 
 FORMATS = ("coco", "yolo", "voc")
 SHOWN = 5  # offending files named in one error message
@@ -84,8 +84,9 @@ def read_source(src: str | Path, fmt: str, *, images_dir: str | Path | None = No
     if images_dir is not None and not Path(images_dir).is_dir():
         raise SourceError(f"images folder {images_dir} does not exist")
     reader = {"coco": _read_coco, "yolo": _read_yolo, "voc": _read_voc}[fmt]
-    dataset = reader(path.resolve(), Path(images_dir).resolve() if images_dir else None,
-                     scratch)
+    with pillow_open():
+        dataset = reader(path.resolve(), Path(images_dir).resolve() if images_dir else None,
+                         scratch)
     if not dataset.images:
         raise SourceError(f"{path}: no images found")
     _assign_splits(dataset, val_fraction)

@@ -26,7 +26,8 @@ from control_plane.datasets import duplicates
 from control_plane.datasets.errors import DatasetInvalid, SourceError
 from control_plane.datasets.layout import DATA_YAML, SPLITS, is_image, yolo_splits
 from control_plane.datasets.rules import Rule, default_rules
-from control_plane.datasets.scan import ImageFacts, ProgressCallback, QUARTER_TURNS, scan
+from control_plane.datasets.scan import (ImageFacts, ProgressCallback, QUARTER_TURNS, pillow_open,
+                                        scan)
 from control_plane.settings import Settings
 
 log = logging.getLogger("visionguard.datasets")
@@ -124,7 +125,8 @@ def validate(root: str | Path, rules: Mapping[str, Rule] | None = None, *,
             if labels_dir.is_dir():
                 orphans += [(split, os.path.relpath(p, root)) for p in sorted(
                     labels_dir.glob("*.txt")) if p.stem not in stems]
-    facts = scan(tasks, workers=settings.datasets_workers, progress=progress)
+    with pillow_open():  # in-process scans too (the pool's workers never import ultralytics)
+        facts = scan(tasks, workers=settings.datasets_workers, progress=progress)
     for split, rel in orphans:
         check("label_format", f"label file without an image ({Path(rel).stem}.*)", split, rel)
     _per_image(check, facts)

@@ -12,28 +12,33 @@ ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 FROM ${PYTHON_IMAGE}
 ARG LIBB64_VERSION=1.2-5+b1
 ARG CUDA_RUNTIME_VERSION=12.9.79
-ARG OPENCV_HEADLESS_VERSION=4.11.0.86
+ARG UV_VERSION=0.13.9
 ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_NO_CACHE=1
 WORKDIR /app
 RUN apt-get update \
  && apt-get install --yes --no-install-recommends "libb64-0d=${LIBB64_VERSION}" \
  && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
+COPY requirements/all.txt ./requirements/all.txt
 COPY control_plane ./control_plane
 COPY tracker_service ./tracker_service
 COPY export ./export
 # Promotion materialises versions with export/'s templates (<root>/model_repository/*).
 COPY model_repository ./model_repository
+# The project's extras at the lock's versions and hashes: requirements/all.txt, the lock that
+# `python3 -m control_plane` installs, as constraints (only what these extras need is installed).
 # Ultralytics pulls opencv-python, which needs libGL; the headless build (the project's own
-# dependency) is the same cv2 without it, so it is the one left installed.
-# The project's own extras, at pyproject.toml's version ranges (the repository has no lock
-# file yet): hadolint's pin rule cannot see them.
-# hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[export,control]" \
+# dependency) is the same cv2 without it, so it is the one left installed. uv, which installs
+# them, is removed again.
+RUN pip install --no-cache-dir "uv==${UV_VERSION}" \
+ && uv pip install --system --constraint requirements/all.txt ".[export,control,opensearch]" \
       "nvidia-cuda-runtime-cu12==${CUDA_RUNTIME_VERSION}" \
- && pip uninstall --yes opencv-python \
- && pip install --no-cache-dir --no-deps --force-reinstall "opencv-python-headless==${OPENCV_HEADLESS_VERSION}" \
+ && uv pip uninstall --system opencv-python \
+ && uv pip install --system --no-deps --reinstall --constraint requirements/all.txt \
+      opencv-python-headless \
+ && pip uninstall --yes uv \
  && groupadd --system --gid 10001 visionguard \
  && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
       --shell /usr/sbin/nologin visionguard

@@ -5,23 +5,29 @@
 #   docker build -f k8s/images/exporter-gpu.Dockerfile -t visionguard/exporter-gpu:0.1.0-ngc24.12 .
 ARG NGC_RELEASE=24.12
 FROM nvcr.io/nvidia/tensorrt:${NGC_RELEASE}-py3
-ARG OPENCV_HEADLESS_VERSION=4.11.0.86
+ARG UV_VERSION=0.13.9
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_BREAK_SYSTEM_PACKAGES=1
+    PIP_BREAK_SYSTEM_PACKAGES=1 \
+    UV_NO_CACHE=1 \
+    UV_BREAK_SYSTEM_PACKAGES=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY requirements/all.txt ./requirements/all.txt
 COPY control_plane ./control_plane
 COPY tracker_service ./tracker_service
 COPY export ./export
 COPY model_repository ./model_repository
-# The image's TensorRT Python bindings stay as they are; torch comes from PyPI (CUDA 12 build).
-# The project's own extra, at pyproject.toml's version ranges (the repository has no lock
-# file yet): hadolint's pin rule cannot see them.
-# hadolint ignore=DL3013
-RUN python3 -m pip install --no-cache-dir ".[export]" \
- && python3 -m pip uninstall --yes opencv-python \
- && python3 -m pip install --no-cache-dir --no-deps --force-reinstall "opencv-python-headless==${OPENCV_HEADLESS_VERSION}" \
+# The image's TensorRT Python bindings stay as they are; torch comes from PyPI.
+# The project's export extra at the lock's versions and hashes (requirements/all.txt, as
+# constraints). The lock targets Python 3.11; this image's is 3.12, and every release the extra
+# takes from it has a 3.12 wheel. opencv-python out, the headless build in, as in the exporter.
+RUN python3 -m pip install --no-cache-dir "uv==${UV_VERSION}" \
+ && uv pip install --system --constraint requirements/all.txt ".[export]" \
+ && uv pip uninstall --system opencv-python \
+ && uv pip install --system --no-deps --reinstall --constraint requirements/all.txt \
+      opencv-python-headless \
+ && python3 -m pip uninstall --yes uv \
  && python3 -c "import tensorrt; print('TensorRT', tensorrt.__version__)" \
  && groupadd --system --gid 10001 visionguard \
  && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \

@@ -6,17 +6,23 @@
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
+ARG UV_VERSION=0.13.9
 ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    UV_NO_CACHE=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY requirements/all.txt ./requirements/all.txt
 COPY control_plane ./control_plane
 COPY tracker_service ./tracker_service
 COPY export ./export
 # `.` = the project with its base dependencies (no extras): numpy, opencv-headless, litestar,
-# tritonclient, ... Installed into a virtual environment that the runtime stage copies whole.
-RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir .
+# tritonclient, ... at the lock's versions and hashes (requirements/all.txt, as constraints).
+# Installed by uv (which stays in this stage) into a virtual environment that the runtime stage
+# copies whole.
+RUN pip install --no-cache-dir "uv==${UV_VERSION}" \
+ && python -m venv /opt/venv \
+ && uv pip install --python /opt/venv/bin/python --constraint requirements/all.txt .
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 visionguard \

@@ -4,6 +4,7 @@
 # backend's stub for this image's Python and the detector's runtimes (OpenVINO, onnxruntime).
 # This is what `visionguard up` runs and what the README's CPU figures were measured with.
 # The model repository is not in the image: it is a volume written by the export Job.
+# Build from the repository root (the allow-list in triton-cpu.Dockerfile.dockerignore):
 #   docker build -f k8s/images/triton-cpu.Dockerfile -t visionguard/triton-cpu:0.1.0 .
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
@@ -23,12 +24,19 @@ RUN pip download --no-cache-dir --no-deps --dest /tmp/wheel "nvidia-pytriton==${
  && chmod 0755 /opt/tritonserver/bin/* /opt/tritonserver/backends/python/triton_python_backend_stub
 
 FROM ${PYTHON_IMAGE}
+# requirements/all.txt's versions, what `visionguard up` runs with (tests/test_environment.py).
 ARG NUMPY_VERSION=1.26.4
-ARG ONNXRUNTIME_VERSION=1.31.1
+ARG ONNXRUNTIME_VERSION=1.32.0
 ARG OPENVINO_VERSION=2026.4.1
-# model.py's imports, into the system Python that the python backend stub embeds.
+# model.py's imports, into the system Python that the python backend stub embeds: numpy, the
+# runtimes, and this project for `tracker_service.nms` (its NMS, numpy only), installed without
+# its dependencies (those are the gateway's, not Triton's).
+COPY pyproject.toml README.md /tmp/visionguard/
+COPY tracker_service /tmp/visionguard/tracker_service
 RUN pip install --no-cache-dir --disable-pip-version-check \
       "numpy==${NUMPY_VERSION}" "onnxruntime==${ONNXRUNTIME_VERSION}" "openvino==${OPENVINO_VERSION}" \
+ && pip install --no-cache-dir --disable-pip-version-check --no-deps /tmp/visionguard \
+ && rm -rf /tmp/visionguard \
  && groupadd --system --gid 10001 triton \
  && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
       --shell /usr/sbin/nologin triton

@@ -4,15 +4,23 @@
 # NGC_RELEASE must equal exporter-gpu.Dockerfile's: a TensorRT plan only loads in the TensorRT
 # version that built it. 24.12: Triton 2.53, TensorRT 10.7, Ubuntu 24.04 with Python 3.12.
 # The model repository is not in the image: it is a volume written by the export Job.
+# Build from the repository root (the allow-list in triton-gpu.Dockerfile.dockerignore):
 #   docker build -f k8s/images/triton-gpu.Dockerfile -t visionguard/triton-gpu:0.1.0-ngc24.12 .
 ARG NGC_RELEASE=24.12
 FROM nvcr.io/nvidia/tritonserver:${NGC_RELEASE}-py3
+# The versions in requirements/all.txt, the project's lock (tests/test_environment.py).
 ARG NUMPY_VERSION=1.26.4
-ARG ONNXRUNTIME_VERSION=1.31.1
-# detector_postprocess is model_repository/detector/model.py (NMS in numpy; it imports
-# onnxruntime at module level): its imports go into the Python the python backend embeds.
+ARG ONNXRUNTIME_VERSION=1.32.0
+# detector_postprocess is model_repository/detector/model.py (it imports onnxruntime at module
+# level, and its NMS from `tracker_service.nms`, numpy only): its imports go into the Python the
+# python backend embeds, this project without its dependencies (those are the gateway's).
+COPY pyproject.toml README.md /tmp/visionguard/
+COPY tracker_service /tmp/visionguard/tracker_service
 RUN python3 -m pip install --no-cache-dir --disable-pip-version-check --break-system-packages \
       "numpy==${NUMPY_VERSION}" "onnxruntime==${ONNXRUNTIME_VERSION}" \
+ && python3 -m pip install --no-cache-dir --disable-pip-version-check --break-system-packages \
+      --no-deps /tmp/visionguard \
+ && rm -rf /tmp/visionguard \
  && groupadd --system --gid 10001 visionguard \
  && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
       --shell /usr/sbin/nologin visionguard

@@ -1,0 +1,160 @@
+"""`visionguard drift ...`: check drift now, write a report, decide on retraining requests.
+
+The live window lives in the running control plane, so these commands call its HTTP API
+(`VG_CONTROL_URL`, token `VG_TOKEN`; `up` prints an operator token).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from control_plane.settings import Settings, cli_settings
+
+app = typer.Typer(help="Data drift: checks, reports and retraining approval.",
+                  no_args_is_help=True)
+console = Console(soft_wrap=True)
+
+
+def _client(settings: Settings, timeout: float = 300.0) -> httpx.Client:
+    headers = {"authorization": f"Bearer {settings.token}"} if settings.token else {}
+    return httpx.Client(base_url=settings.control_url, headers=headers, timeout=timeout)
+
+
+def _call(settings: Settings, method: str, path: str, **kwargs) -> httpx.Response:
+    try:
+        with _client(settings) as client:
+            response = client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        console.print(f"[red]control plane at {settings.control_url} unreachable:[/] {exc}")
+        raise typer.Exit(1) from None
+    if response.status_code >= 400:
+        try:
+            error = response.json()["error"]
+            message = f"{error['code']}: {error['message']}"
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:300]
+        console.print(f"[red]{method} {path} failed ({response.status_code}):[/] {message}")
+        raise typer.Exit(1)
+    return response
+
+
+def print_result(result: dict) -> None:
+    ks = result["detectors"]["ks"]
+    mmd = result["detectors"]["mmd"]
+    table = Table("feature", "KS statistic", "p-value", "drift")
+    for name, f in ks["features"].items():
+        bad = f["p_value"] < ks["threshold"]
+        table.add_row(name, f"{f['distance']:.3f}", f"{f['p_value']:.3g}",
+                      "[red]yes[/]" if bad else "")
+    console.print(table)
+    console.print(f"KS (Bonferroni, {ks['threshold']:.3g} per feature): "
+                  f"{'drift' if ks['drift'] else 'no drift'}; MMD: p = {mmd['p_value']:.3g}, "
+                  f"MMD^2 = {mmd['distance']:.4g} (threshold {mmd['distance_threshold']:.4g}): "
+                  f"{'drift' if mmd['drift'] else 'no drift'}")
+    verdict = "[red]DRIFT[/]" if result["drift"] else "[green]no drift[/]"
+    console.print(f"{verdict}: {result['model']} version {result['version']}, live "
+                  f"{result['n_live']} vs reference {result['n_reference']} samples")
+
+
+@app.command("check")
+def check_cmd(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Option(help="reference version; default the champion")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="print the raw result")] = False,
+    fail_on_drift: Annotated[bool, typer.Option(help="exit 3 when drift is detected")] = False,
+) -> None:
+    """Compare the live window with the champion's reference window now."""
+    result = _call(cli_settings(ctx), "POST", "/v1/drift/check", params={"version": version} if version else {}
+                   ).json()
+    if as_json:
+        console.print_json(json.dumps(result))
+    else:
+        print_result(result)
+    if fail_on_drift and result["drift"]:
+        raise typer.Exit(3)
+
+
+@app.command("report")
+def report_cmd(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Argument(help="report file: .html or .png")],
+    version: Annotated[str, typer.Option(help="reference version; default the champion")] = "",
+) -> None:
+    """Write reference-vs-live histograms per feature, with p-values (HTML or PNG)."""
+    fmt = out.suffix.lower().lstrip(".")
+    if fmt not in ("html", "png"):
+        console.print("[red]the report file must end in .html or .png[/]")
+        raise typer.Exit(2)
+    params = {"format": fmt, **({"version": version} if version else {})}
+    body = _call(cli_settings(ctx), "GET", "/v1/drift/report", params=params).content
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(body)
+    console.print(f"wrote {out} ({len(body) / 1024:.0f} KiB)")
+
+
+@app.command("status")
+def status_cmd(ctx: typer.Context) -> None:
+    """The live window's size and the last check."""
+    body = _call(cli_settings(ctx), "GET", "/v1/drift/status").json()
+    console.print(f"live window {body['window']} / {body['window_size']} samples (a check "
+                  f"needs {body['min_samples']}); periodic check every "
+                  f"{body['check_interval_s']:g} s; retraining on drift: "
+                  f"{'on' if body['retrain_on_drift'] else 'off'}")
+    if body["last"]:
+        print_result(body["last"])
+    else:
+        console.print("no check yet")
+
+
+@app.command("requests")
+def requests_cmd(ctx: typer.Context) -> None:
+    """Retraining requests opened by drift events."""
+    requests = _call(cli_settings(ctx), "GET", "/v1/drift/retraining").json()["requests"]
+    table = Table("id", "state", "model", "version", "drifted features", "decided by")
+    for r in requests:
+        table.add_row(r["id"], r["state"], r["model"], r["version"],
+                      ", ".join(r.get("drifted_features", [])[:5]), r.get("decided_by", ""))
+    console.print(table)
+
+
+@app.command("approve")
+def approve_cmd(
+    ctx: typer.Context,
+    request_id: Annotated[str, typer.Argument(help="the retraining request's id")],
+    train: Annotated[bool, typer.Option(
+        help="run the training pipeline here after approving (`--no-train` only records)")
+    ] = True,
+    out_dir: Annotated[Optional[Path], typer.Option(help="training output folder")] = None,
+) -> None:
+    """Approve a retraining request (needs a `release` token), then run training.
+
+    Training (`visionguard train`'s pipeline) registers a new model version; it does not
+    serve until a release engineer promotes it (`visionguard models ...`).
+    """
+    decided = _call(cli_settings(ctx), "POST", f"/v1/drift/retraining/{request_id}/approve").json()
+    console.print(f"[green]approved[/] retraining request {request_id} "
+                  f"(by {decided['decided_by']})")
+    if not train:
+        console.print("recorded only; to retrain run: visionguard train")
+        return
+    from control_plane.training.train import train_command
+
+    settings = cli_settings(ctx)
+    out = out_dir or settings.runtime_dir / "retraining" / request_id
+    result = train_command(settings, out, console=console)
+    console.print(f"retrained: {result.registered_name} version {result.version}; promote it "
+                  f"with `visionguard models` once its gates pass")
+
+
+@app.command("reject")
+def reject_cmd(ctx: typer.Context, request_id: Annotated[str, typer.Argument(help="the request's id")]) -> None:
+    """Reject a retraining request (needs a `release` token)."""
+    _call(cli_settings(ctx), "POST", f"/v1/drift/retraining/{request_id}/reject")
+    console.print(f"rejected retraining request {request_id}")

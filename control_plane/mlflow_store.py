@@ -1,0 +1,86 @@
+"""Where MLflow keeps runs and registered models, and the release aliases' names.
+
+The bottom of the control plane's MLflow use: training logs runs here, the registry moves
+aliases here, drift reads the champion's lineage here. It imports nothing of the control plane
+but its settings, so every wing can use it without importing another wing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from control_plane.settings import Settings
+
+# Release aliases on registered-model versions (MLflow aliases, not the deprecated stages):
+# `champion` serves, `challenger` is in canary, `previous` is the champion before the last
+# promotion, kept loaded for rollback.
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+
+
+@dataclass(frozen=True)
+class MlflowStore:
+    """Where runs and registered models live.
+
+    `artifact_location` is given to experiments we create, so artifacts land beside a SQLite
+    store rather than in ./mlruns of whatever directory the command ran in. A tracking server
+    (http/https URI) decides its own artifact store: None.
+    """
+
+    tracking_uri: str
+    artifact_location: str | None
+
+
+def mlflow_store(tracking_uri: str | None = None, runtime_dir: Path | None = None) -> MlflowStore:
+    """The store at `tracking_uri`, else SQLite under `runtime_dir` (`mlflow.db`, artifacts in
+    `mlartifacts/` beside it)."""
+    uri = tracking_uri
+    if not uri:
+        if runtime_dir is None:
+            raise ValueError("an MLflow tracking URI or a runtime directory is needed")
+        runtime = Path(runtime_dir).resolve()
+        runtime.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{runtime / 'mlflow.db'}"
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        db = Path(uri[len("sqlite:///"):]).resolve()
+        return MlflowStore(uri, (db.parent / "mlartifacts").as_uri())
+    if parsed.scheme in ("", "file"):
+        root = Path(parsed.path if parsed.scheme else uri).resolve()
+        return MlflowStore(uri, (root / "mlartifacts").as_uri())
+    return MlflowStore(uri, None)
+
+
+def store_for(settings: Settings) -> MlflowStore:
+    """The stack's store: VG_MLFLOW_TRACKING_URI, else SQLite under the runtime directory."""
+    return mlflow_store(settings.mlflow_tracking_uri or None, settings.runtime_dir)
+
+
+def offline() -> None:
+    """Turn the libraries' own network traffic off, before they are imported.
+
+    Ultralytics reads YOLO_OFFLINE once, at import; MLflow decides on telemetry at import too, so
+    its client is set again for the case where it was imported before us.
+    """
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow.telemetry.client import set_telemetry_client
+
+    set_telemetry_client()
+
+
+def mlflow_client(store: MlflowStore):
+    offline()
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=store.tracking_uri, registry_uri=store.tracking_uri)
+
+
+def experiment_id(client, store: MlflowStore, name: str) -> str:
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    return client.create_experiment(name, artifact_location=store.artifact_location)

@@ -1,0 +1,195 @@
+"""`visionguard models ...`: the release engineer's commands, run on the control-plane machine.
+
+They call the same library as the HTTP API (control_plane.releases.registry, control_plane.releases.promoter),
+record the operator as `cli:<user>` in the audit log, and show each step as it runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from control_plane.errors import ControlPlaneError
+from control_plane.settings import Settings, cli_settings
+
+app = typer.Typer(help="Register, compare, promote, canary and roll back model versions.",
+                  no_args_is_help=True)
+console = Console(soft_wrap=True)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or value == "":
+        return "-"
+    try:
+        return f"{float(value):.{digits}f}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _promoter(settings: Settings):
+    from control_plane.releases.audit import local_actor
+    from control_plane.releases.promoter import Promoter
+
+    status = console.status("starting...")
+
+    def progress(step: str) -> None:
+        status.update(f"{step}...")
+        console.log(f"step: {step}")
+
+    return Promoter(settings, actor=local_actor(), progress=progress), status
+
+
+def _operate(settings: Settings, action: str, fn) -> None:
+    """Run a release operation with a live step display; print its steps or why it failed."""
+    from control_plane.releases.promoter import CandidateRejected
+
+    promoter, status = _promoter(settings)
+    try:
+        with status:
+            result = fn(promoter)
+    except CandidateRejected as exc:
+        console.print(f"[red]rejected[/] at step {exc.details.get('step')}: {exc.message}")
+        _steps(exc.details.get("steps", []))
+        console.print("the champion keeps serving; nothing of the candidate is left in the "
+                      "model repository")
+        raise typer.Exit(exc.exit_code) from None
+    except ControlPlaneError as exc:
+        console.print(f"[red]{action} refused:[/] {exc.message}")
+        raise typer.Exit(exc.exit_code) from None
+    body = result.as_dict()
+    _steps(body["steps"])
+    r = body["routing"]
+    console.print(f"[green]{action} done[/] in {body['seconds']:.1f} s: champion "
+                  f"{r['champion']}, challenger {r['challenger'] or '-'} at "
+                  f"{r['canary_percent']:g}% (routing revision {r['revision']})")
+
+
+def _steps(steps: list[dict]) -> None:
+    if not steps:
+        return
+    table = Table("step", "ok", "seconds", "detail")
+    for s in steps:
+        detail = {k: v for k, v in s.items() if k not in ("step", "ok", "seconds")}
+        table.add_row(s["step"], "yes" if s["ok"] else "[red]no[/]", f"{s['seconds']:.2f}",
+                      json.dumps(detail, default=str)[:160])
+    console.print(table)
+
+
+@app.command()
+def register(
+    ctx: typer.Context,
+    checkpoint: Annotated[Path, typer.Argument(help="An Ultralytics .pt checkpoint.")],
+    eval_data: Annotated[Optional[Path], typer.Option(
+        help="YOLO data.yaml to evaluate on; default: the champion's evaluation data.")] = None,
+    description: Annotated[str, typer.Option(help="Version description.")] = "",
+) -> None:
+    """Evaluate a checkpoint, export its ONNX, log both to MLflow and register a version."""
+    from control_plane.releases.audit import local_actor
+    from control_plane.releases.registry import Registry
+
+    registry = Registry(cli_settings(ctx))
+    with console.status("registering...") as status:
+        info = registry.register(checkpoint, actor=local_actor(), eval_data=eval_data,
+                                 description=description,
+                                 progress=lambda s: status.update(f"{s}..."))
+    console.print(f"registered {info.name} version {info.version}: mAP50 {_fmt(info.map50)}, "
+                  f"mAP50-95 {_fmt(info.map)} on {info.eval_dataset}"
+                  + (f" (aliases: {', '.join(info.aliases)})" if info.aliases else ""))
+
+
+@app.command("list")
+def list_cmd(ctx: typer.Context) -> None:
+    """Registered versions, their aliases, metrics and status."""
+    from control_plane.releases.registry import Registry
+
+    registry = Registry(cli_settings(ctx))
+    routing = registry.routing()
+    table = Table(title=f"{registry.name} (champion {routing.champion or '-'}, challenger "
+                        f"{routing.challenger or '-'} at {routing.canary_percent:g}%)")
+    for col in ("version", "aliases", "mAP50", "mAP50-95", "p95 ms", "status", "created",
+                "eval dataset"):
+        table.add_column(col)
+    for v in registry.versions():
+        table.add_row(v.version, ",".join(v.aliases), _fmt(v.map50), _fmt(v.map),
+                      _fmt(v.tags.get("latency_p95_ms"), 1), v.tags.get("status", "registered"),
+                      v.created, v.eval_dataset)
+    console.print(table)
+
+
+@app.command()
+def show(ctx: typer.Context, version: Annotated[str, typer.Argument(help="Version number.")]) -> None:
+    """One version: metrics, lineage, aliases, gate results."""
+    from control_plane.releases.registry import Registry
+
+    info = Registry(cli_settings(ctx)).get(version)
+    console.print_json(json.dumps(info.as_dict(), default=str))
+
+
+@app.command()
+def compare(ctx: typer.Context, a: Annotated[str, typer.Argument(help="Version A (e.g. the champion).")],
+            b: Annotated[str, typer.Argument(help="Version B (the candidate).")]) -> None:
+    """Metrics and lineage of two versions side by side."""
+    from control_plane.releases.registry import Registry
+
+    diff = Registry(cli_settings(ctx)).compare(a, b)
+    table = Table("metric", f"v{a} {','.join(diff['aliases']['a'])}",
+                  f"v{b} {','.join(diff['aliases']['b'])}", "b - a",
+                  title=f"{diff['model']}: same evaluation dataset: {diff['same_eval_dataset']}")
+    for key, row in diff["metrics"].items():
+        table.add_row(key, _fmt(row["a"], 4), _fmt(row["b"], 4), _fmt(row["delta"], 4))
+    for key, row in diff["lineage"].items():
+        table.add_row(key, str(row["a"] or "-")[-48:], str(row["b"] or "-")[-48:], "")
+    console.print(table)
+
+
+@app.command()
+def promote(ctx: typer.Context, version: Annotated[str, typer.Argument(help="Version to make champion.")]) -> None:
+    """Load, check and gate a version, then make it the champion (the old one stays loaded)."""
+    _operate(cli_settings(ctx), "promote", lambda p: p.promote(version))
+
+
+@app.command()
+def canary(
+    ctx: typer.Context,
+    version: Annotated[Optional[str], typer.Argument(help="Version to canary.")] = None,
+    percent: Annotated[float, typer.Option(help="Share of streams for the challenger.")] = 10.0,
+    abort: Annotated[bool, typer.Option("--abort", help="End the running canary.")] = False,
+) -> None:
+    """Send percent% of streams (sticky per stream) to a checked challenger; `--abort` ends
+    it, `visionguard models promote <challenger>` completes it."""
+    if abort:
+        _operate(cli_settings(ctx), "canary abort", lambda p: p.abort_canary())
+        return
+    if version is None:
+        raise typer.BadParameter("give a version, or --abort")
+    _operate(cli_settings(ctx), "canary", lambda p: p.canary(version, percent))
+
+
+@app.command()
+def rollback(ctx: typer.Context, to: Annotated[Optional[str], typer.Option(
+        help="Version to roll back to; default: the previous champion.")] = None) -> None:
+    """Make the previous champion (or --to) serve again; the current one unloads."""
+    _operate(cli_settings(ctx), "rollback", lambda p: p.rollback(to))
+
+
+@app.command()
+def audit(ctx: typer.Context, limit: Annotated[int, typer.Option(help="Entries to show.")] = 30,
+          steps: Annotated[bool, typer.Option(help="Also each check's entry.")] = False,
+          ) -> None:
+    """The release audit log (who, what, when, gate results)."""
+    from control_plane.releases.audit import AuditLog
+
+    table = Table("time", "actor", "action", "version", "outcome", "detail")
+    entries = AuditLog(cli_settings(ctx).audit_file).entries(limit * 10)
+    entries = [e for e in entries if steps or not e["action"].startswith("step:")][-limit:]
+    for e in entries:
+        detail = {k: v for k, v in e.items()
+                  if k not in ("ts", "actor", "action", "model", "version", "outcome", "steps")}
+        table.add_row(e["ts"], e["actor"], e["action"], str(e.get("version") or "-"),
+                      e["outcome"], json.dumps(detail, default=str)[:120])
+    console.print(table)

@@ -1,0 +1,193 @@
+"""The checks a candidate passes before routing moves to it, in order, as one list.
+
+Each check is a function `(candidate, context) -> detail`: it returns what it measured (kept in
+the audit log and, for gates, as the version's MLflow tag `gate_<name>`) or raises
+`CandidateRejected` with the reason. Adding a gate is adding one function to `CHECKS`. The
+promoter runs them after the candidate is written into the repository and loaded in every
+Triton, and restores everything when one fails.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from control_plane.errors import Rejected
+from control_plane.perf import analyzer as perf
+from control_plane.releases.fleet import TritonControl
+from control_plane.releases.golden import golden_images
+from control_plane.releases.registry import Registry, VersionInfo
+from control_plane.settings import Settings
+from control_plane.training import train as training
+from export import triton_repo
+
+
+class CandidateRejected(Rejected):
+    """A check or gate failed; the candidate was removed and the champion keeps serving."""
+
+
+@dataclass(frozen=True)
+class GateContext:
+    """What the checks may look at: the stack, the registry, the served model and the fleet."""
+
+    settings: Settings
+    registry: Registry
+    model: str
+    model_dir: Path
+    triton: TritonControl
+    champion: VersionInfo | None
+    onnx_path: Path
+    # Loads version N in every Triton beside what serves (the promoter's, which knows the
+    # version policy to restore).
+    load: Callable[[int], dict]
+
+
+def class_names(candidate: VersionInfo, onnx_path: Path) -> dict[int, str]:
+    """The candidate's class names: its registry tag, else the ONNX file's metadata."""
+    if candidate.names:
+        return candidate.names
+    from export.onnx_export import read_contract
+
+    try:
+        return read_contract(onnx_path)[0]
+    except Exception:  # noqa: BLE001 - an unreadable file fails to load later, with reason
+        return {}
+
+
+
+def contract(candidate: VersionInfo, ctx: GateContext) -> dict:
+    """The candidate's class set is the served model's (a new class set is a new model name)."""
+    params = triton_repo.config_parameters(ctx.model_dir)
+    served = {int(k): v for k, v in json.loads(params.get("class_names", "{}")).items()}
+    names = class_names(candidate, ctx.onnx_path)
+    if not names:
+        raise CandidateRejected(f"version {candidate.version} records no class names "
+                                "(register it with `visionguard models register`)")
+    if served and names != served:
+        raise CandidateRejected(
+            f"wrong output contract: version {candidate.version} has {len(names)} classes "
+            f"{sorted(names.values())[:6]}, the served model {len(served)} "
+            f"{sorted(served.values())[:6]}; a new class set is a new model name",
+            candidate_classes=len(names), served_classes=len(served))
+    return {"classes": len(names)}
+
+
+
+def load(candidate: VersionInfo, ctx: GateContext) -> dict:
+    """Version N is READY in every Triton (the repository index gives the reason if not)."""
+    return ctx.load(int(candidate.version))
+
+
+def smoke_parity(candidate: VersionInfo, ctx: GateContext) -> dict:
+    """Every Triton answers the golden images with finite outputs of the contract's shape, equal
+    to onnxruntime's on the registered file within `parity_rtol` of the output's range."""
+    import onnxruntime as ort
+    from tritonclient.utils import InferenceServerException
+
+    params = triton_repo.config_parameters(ctx.model_dir)
+    imgsz, stride = int(params.get("imgsz", 640)), int(params.get("stride", 32))
+    nc = len(class_names(candidate, ctx.onnx_path))
+    session = ort.InferenceSession(str(ctx.onnx_path), providers=["CPUExecutionProvider"])
+    worst, detections = 0.0, {}
+    for (name, rgb), server in ((g, s) for g in golden_images(imgsz, stride)
+                                for s in ctx.triton.servers):
+        try:
+            dets, raw = server.infer_raw(ctx.model, int(candidate.version), rgb)
+        except InferenceServerException as exc:
+            raise CandidateRejected(f"smoke test on {name} failed: {exc.message()}",
+                                    image=name, triton=server.address) from None
+        if raw.ndim != 2 or raw.shape[0] != 4 + nc:
+            raise CandidateRejected(
+                f"wrong tensor shapes: raw output {list(raw.shape)} on {name}, expected "
+                f"[{4 + nc}, N] for {nc} classes", image=name)
+        if not (np.all(np.isfinite(raw)) and np.all(np.isfinite(dets))):
+            raise CandidateRejected(f"non-finite outputs (NaN/inf) on {name}", image=name)
+        reference = session.run(None, {"images": rgb[None]})[0][0]
+        span = float(reference.max() - reference.min()) or 1.0
+        diff = float(np.max(np.abs(reference - raw))) / span
+        worst = max(worst, diff)
+        if diff > ctx.settings.parity_rtol:
+            raise CandidateRejected(
+                f"parity: Triton's output differs from onnxruntime on the registered ONNX "
+                f"by {diff:.2e} x range on {name} (limit {ctx.settings.parity_rtol:g})",
+                image=name)
+        detections[name] = int(len(dets))
+    return {"images": len(detections), "tritons": len(ctx.triton.servers),
+            "max_rel_diff": round(worst, 8), "detections": detections}
+
+
+
+def accuracy(candidate: VersionInfo, ctx: GateContext) -> dict:
+    """mAP50-95 at most `gate_map_tolerance` below the champion's on the same evaluation data."""
+    champion = ctx.champion
+    tol = ctx.settings.gate_map_tolerance
+    if candidate.map is None:
+        raise CandidateRejected(f"version {candidate.version} has no recorded mAP50-95")
+    if champion is None:
+        return {"mAP50-95": candidate.map, "champion": None, "tolerance": tol}
+    reference, how = champion.map, "recorded"
+    if (champion.tags.get("eval_dataset_hash") != candidate.tags.get("eval_dataset_hash")
+            or reference is None):
+        # Not measured on the same data: evaluate the champion's checkpoint on the
+        # candidate's evaluation set, so the comparison is like for like.
+        with tempfile.TemporaryDirectory(prefix="vg-gate-") as tmp:
+            ckpt = ctx.registry.download(champion, "model/best.pt", Path(tmp))
+            reference = training.evaluate(
+                ckpt, candidate.tags["eval_data_yaml"],
+                imgsz=int(champion.tags.get("imgsz", 640)))["mAP50-95"]
+        how = "re-evaluated on the candidate's dataset"
+    detail = {"mAP50-95": round(candidate.map, 4), "champion_mAP50-95": round(reference, 4),
+              "champion": champion.version, "tolerance": tol, "reference": how,
+              "eval_dataset": candidate.eval_dataset}
+    if candidate.map < reference - tol:
+        raise CandidateRejected(
+            f"accuracy gate: mAP50-95 {candidate.map:.4f} is below the champion's "
+            f"{reference:.4f} by more than {tol:g} on {candidate.eval_dataset}", **detail)
+    return detail
+
+
+
+def latency(candidate: VersionInfo, ctx: GateContext) -> dict:
+    """p95 latency from perf_analyzer (concurrency 1, the candidate's input size) within budget."""
+    params = triton_repo.config_parameters(ctx.model_dir)
+    with tempfile.TemporaryDirectory(prefix="vg-gate-perf-") as tmp:
+        try:
+            rows = perf.run_perf_analyzer(
+                ctx.settings, concurrency="1:1:1", measurement_ms=1500,
+                csv_path=Path(tmp) / "perf.csv", version=candidate.version,
+                imgsz=int(params.get("imgsz", 640)),
+                # The gate needs a p95 over a few hundred requests, not a steady state: on
+                # a busy machine perf_analyzer's stability rule would refuse to answer.
+                extra_args=["--max-trials", "3", "--stability-percentage", "1000"])
+        except (RuntimeError, FileNotFoundError) as exc:
+            raise CandidateRejected(f"latency gate: perf_analyzer failed: {exc}") from None
+    row = rows[0]
+    p50, p95 = float(row["p50 latency"]) / 1000, float(row["p95 latency"]) / 1000
+    throughput = float(row["Inferences/Second"])
+    ctx.registry.tag_version(candidate.version, latency_p50_ms=f"{p50:.2f}",
+                              latency_p95_ms=f"{p95:.2f}",
+                              throughput_infer_per_s=f"{throughput:.1f}",
+                              latency_source="perf_analyzer c=1 grpc")
+    detail = {"p50_ms": round(p50, 2), "p95_ms": round(p95, 2),
+              "infer_per_s": round(throughput, 1), "budget_ms": ctx.settings.gate_p95_ms}
+    if p95 > ctx.settings.gate_p95_ms:
+        raise CandidateRejected(f"latency gate: p95 {p95:.1f} ms over the budget of "
+                                f"{ctx.settings.gate_p95_ms:g} ms", **detail)
+    return detail
+
+
+Check = Callable[[VersionInfo, GateContext], dict]
+
+# The order a candidate is checked in. Names starting with `gate_` are kept on the version.
+CHECKS: tuple[tuple[str, Check], ...] = (
+    ("contract", contract),  # before load: a wrong contract never reaches Triton
+    ("load", load),
+    ("smoke_parity", smoke_parity),
+    ("gate_accuracy", accuracy),
+    ("gate_latency", latency),
+)

@@ -1,0 +1,160 @@
+"""Registry and release routes: list, show, compare, register, promote, canary, rollback.
+
+Reads need any valid token; changes need the `release` role. Long operations (register,
+promote, canary) run in a worker thread and answer when done, with every step's result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+from anyio import to_thread
+from litestar import Litestar, Request, Router, get, post
+from litestar.params import Parameter
+
+from control_plane.auth import principal_of, requires
+from control_plane.errors import ControlPlaneError
+from control_plane.releases.audit import AuditLog
+from control_plane.releases.metrics import ReleaseCollector
+from control_plane.releases.promoter import Promoter
+from control_plane.releases.registry import Registry, RegistryError
+from control_plane.settings import Settings
+
+VersionPath = Annotated[str, Parameter(pattern=r"^[0-9]{1,9}$", description="model version")]
+
+
+class RegisterBody(msgspec.Struct, forbid_unknown_fields=True):
+    checkpoint: str  # an Ultralytics .pt on the control plane's filesystem
+    eval_data: str | None = None  # a YOLO data.yaml; default: the champion's evaluation data
+    description: str = ""
+
+
+class CanaryBody(msgspec.Struct, forbid_unknown_fields=True):
+    percent: Annotated[float, msgspec.Meta(gt=0, le=100)]
+
+
+class RollbackBody(msgspec.Struct, forbid_unknown_fields=True):
+    to: str | None = None
+
+
+def _actor(request: Request) -> str:
+    return f"token:{principal_of(request).name}"
+
+
+def _registry(request: Request) -> Registry:
+    return request.app.state.registry
+
+
+def _run(request: Request, fn):
+    """Run a release operation in a worker thread (its typed errors answer for themselves)."""
+    return to_thread.run_sync(lambda: fn(Promoter(request.app.state.settings,
+                                                  actor=_actor(request),
+                                                  registry=_registry(request))))
+
+
+@get("/v1/routing", guards=[requires()], summary="What gateways serve (polled by gateways)")
+async def routing(request: Request) -> dict:
+    cache = request.app.state.routing_cache
+    now = time.monotonic()
+    if cache.get("at", -1.0) + 0.25 < now:  # gateways poll every second: spare MLflow
+        cache["value"] = (await to_thread.run_sync(_registry(request).routing)).as_dict()
+        cache["at"] = now
+    gateway = request.headers.get("x-gateway-id")
+    if gateway:
+        request.app.state.gateways[gateway] = {"revision": cache["value"]["revision"],
+                                               "seen": time.time()}
+    return cache["value"]
+
+
+@get("/v1/models", guards=[requires()], summary="Registered versions with metrics and aliases")
+async def list_versions(request: Request) -> dict:
+    versions = await to_thread.run_sync(_registry(request).versions)
+    return {"model": _registry(request).name, "versions": [v.as_dict() for v in versions]}
+
+
+@get("/v1/models/compare", guards=[requires()], summary="Two versions side by side")
+async def compare(request: Request, a: VersionPath, b: VersionPath) -> dict:
+    return await to_thread.run_sync(_registry(request).compare, a, b)
+
+
+@get("/v1/models/{version:str}", guards=[requires()], summary="One version")
+async def show(request: Request, version: VersionPath) -> dict:
+    return (await to_thread.run_sync(_registry(request).get, version)).as_dict()
+
+
+@post("/v1/models", guards=[requires("release")], status_code=201,
+      summary="Register a checkpoint: evaluate, export ONNX, log to MLflow, new version")
+async def register(request: Request, data: RegisterBody) -> dict:
+    registry = _registry(request)
+
+    def call():
+        try:
+            info = registry.register(Path(data.checkpoint), actor=_actor(request),
+                                     eval_data=Path(data.eval_data) if data.eval_data else None,
+                                     description=data.description)
+        except RegistryError as exc:
+            exc.details.setdefault("checkpoint", data.checkpoint)
+            raise
+        return info.as_dict()
+
+    return await to_thread.run_sync(call)
+
+
+@post("/v1/models/{version:str}/promote", guards=[requires("release")], status_code=200,
+      summary="Promote a version to champion (checks and gates first)")
+async def promote(request: Request, version: VersionPath) -> dict:
+    return (await _run(request, lambda p: p.promote(version))).as_dict()
+
+
+@post("/v1/models/{version:str}/canary", guards=[requires("release")], status_code=200,
+      summary="Start (or re-weight) a canary: the version gets percent% of streams")
+async def canary(request: Request, version: VersionPath, data: CanaryBody) -> dict:
+    return (await _run(request, lambda p: p.canary(version, data.percent))).as_dict()
+
+
+@post("/v1/canary/abort", guards=[requires("release")], status_code=200,
+      summary="End the canary: all traffic back to the champion, the challenger unloads")
+async def abort(request: Request) -> dict:
+    return (await _run(request, lambda p: p.abort_canary())).as_dict()
+
+
+@post("/v1/rollback", guards=[requires("release")], status_code=200,
+      summary="Champion back to the previous version (or `to`)")
+async def rollback(request: Request, data: RollbackBody | None = None) -> dict:
+    to = data.to if data else None
+    if to is not None and not to.isdigit():
+        raise ControlPlaneError("`to` must be a version number", to=to)
+    return (await _run(request, lambda p: p.rollback(to))).as_dict()
+
+
+@get("/v1/audit", guards=[requires()], summary="The release audit log, newest last")
+async def audit(request: Request,
+                limit: Annotated[int, Parameter(ge=1, le=10_000)] = 100) -> dict:
+    log = AuditLog(request.app.state.settings.audit_file)
+    return {"entries": log.entries(limit)}
+
+
+@get("/v1/gateways", guards=[requires()], summary="Gateways following the routing")
+async def gateways(request: Request) -> dict:
+    return {"gateways": request.app.state.gateways}
+
+
+def router(settings: Settings) -> Router:
+    return Router(path="/", route_handlers=[routing, list_versions, compare, show, register,
+                                            promote, canary, abort, rollback, audit,
+                                            gateways])
+
+
+@asynccontextmanager
+async def lifespan(app: Litestar) -> AsyncIterator[None]:
+    app.state.registry = await to_thread.run_sync(Registry, app.state.settings)
+    app.state.metrics.registry.register(ReleaseCollector(
+        app.state.registry, app.state.settings.audit_file))
+    app.state.routing_cache = {}
+    app.state.gateways = {}
+    yield
