@@ -18,6 +18,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from control_plane.stack import environment
+from tests.test_k8s import dockerfile_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements" / "all.txt"
@@ -212,20 +213,6 @@ def test_the_stamp_follows_the_lock(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------------------------------------
 # The images install from the same lock
-
-
-def dockerfile_lines(path: Path) -> list[str]:
-    """Instructions with continuation lines joined, comments dropped."""
-    lines, current = [], ""
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        current = f"{current} {line[:-1].strip()}" if line.endswith("\\") else f"{current} {line}"
-        if not line.endswith("\\"):
-            lines.append(current.strip())
-            current = ""
-    return lines
 
 
 @pytest.mark.parametrize("name", PROJECT_IMAGES)

@@ -19,7 +19,44 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from control_plane.errors import ControlPlaneError
 from control_plane.settings import Settings
+
+
+class PerfAnalyzerFailed(ControlPlaneError):
+    """perf_analyzer exited with an error (bad arguments, no server, no such model)."""
+
+    status_code = 502
+    code = "perf_analyzer_failed"
+    exit_code = 3
+
+
+class UnstableMeasurement(PerfAnalyzerFailed):
+    """perf_analyzer gave up on some concurrency levels: their latency or throughput did not
+    settle within `stability_percentage` over `max_trials` windows. The CSV keeps the levels that
+    did; the message names the ones that did not and what to change."""
+
+    status_code = 503
+    code = "unstable_measurement"
+
+
+def concurrency_levels(spec: str) -> list[int]:
+    """The levels perf_analyzer visits for `start[:end[:step]]` (without --binary-search)."""
+    try:
+        parts = [int(p) for p in spec.split(":")]
+    except ValueError:
+        raise ControlPlaneError(f"--concurrency {spec!r}: expected start[:end[:step]] integers",
+                                field="concurrency") from None
+    if not 1 <= len(parts) <= 3:
+        raise ControlPlaneError(f"--concurrency {spec!r}: expected start[:end[:step]]",
+                                field="concurrency")
+    start = parts[0]
+    end = parts[1] if len(parts) > 1 else start
+    step = parts[2] if len(parts) > 2 else 1
+    if start < 1 or end < start or step < 1:
+        raise ControlPlaneError(f"--concurrency {spec!r}: need 1 <= start <= end and step >= 1",
+                                field="concurrency")
+    return list(range(start, end + 1, step))
 
 
 def sample_image() -> Path:
@@ -70,19 +107,29 @@ def run_perf_analyzer(settings: Settings, *, concurrency: str = "1:4:1", shape: 
                       measurement_ms: int = 5000, shared_memory: str = "none",
                       csv_path: Path, console: Console | None = None,
                       batch_size: int = 1, version: str = "", imgsz: int | None = None,
-                      extra_args: list[str] | None = None) -> list[dict[str, str]]:
+                      stability_percentage: float = 10.0,
+                      max_trials: int = 10) -> list[dict[str, str]]:
     """perf_analyzer over `concurrency`; `version` pins a model version (Triton's default
-    otherwise), `imgsz` the letterbox size of the input image (default: settings.imgsz)."""
+    otherwise), `imgsz` the letterbox size of the input image (default: settings.imgsz).
+
+    perf_analyzer stops its sweep at the first level whose measurements do not settle within
+    `stability_percentage` over `max_trials` windows (exit status 2 when that is the first level,
+    0 with a shorter CSV when it is a later one); both are reported here as
+    `UnstableMeasurement`, with the settled levels' rows, never as a short table that looks
+    complete."""
+    levels = concurrency_levels(concurrency)
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vg-perf-") as tmp:
         h, w = write_input_data(Path(tmp) / "data", imgsz or settings.imgsz)
         cmd = [
             str(perf_analyzer_path()), "-m", settings.model_name, "-i", "grpc",
-            *(["-x", str(version)] if version else []), *(extra_args or []),
+            *(["-x", str(version)] if version else []),
             "-u", settings.triton_grpc_url, "-b", str(batch_size),
             "--concurrency-range", concurrency,
             "--measurement-interval", str(measurement_ms),
+            "--stability-percentage", f"{stability_percentage:g}",
+            "--max-trials", str(max_trials),
             "--input-data", str(Path(tmp) / "data"),
             "--shape", f"images:{shape or f'{h},{w},3'}",
             "--shape", "conf_threshold:1", "--shape", "iou_threshold:1",
@@ -94,13 +141,26 @@ def run_perf_analyzer(settings: Settings, *, concurrency: str = "1:4:1", shape: 
         if console:
             console.print("+ " + " ".join(cmd))
         proc = subprocess.run(cmd, env=perf_environment(), capture_output=True, text=True)
-    if proc.returncode != 0:
+    unstable = "Failed to obtain stable measurement" in proc.stdout + proc.stderr
+    if proc.returncode != 0 and not unstable:
         # Usage errors print the whole help text after the one line that matters.
-        raise RuntimeError(f"perf_analyzer failed ({proc.returncode}):\n{proc.stderr[:2000]}"
-                           f"\n{proc.stdout[-3000:]}")
-    with open(csv_path, newline="") as f:
-        # perf_analyzer orders its CSV by throughput; read it back by concurrency.
-        return sorted(csv.DictReader(f), key=lambda row: int(row["Concurrency"]))
+        raise PerfAnalyzerFailed(f"perf_analyzer failed ({proc.returncode}): "
+                                 f"{proc.stderr[:2000].strip()}\n{proc.stdout[-3000:].strip()}",
+                                 returncode=proc.returncode)
+    rows: list[dict[str, str]] = []
+    if csv_path.exists():
+        with open(csv_path, newline="") as f:
+            # perf_analyzer orders its CSV by throughput; read it back by concurrency.
+            rows = sorted(csv.DictReader(f), key=lambda row: int(row["Concurrency"]))
+    missing = sorted(set(levels) - {int(r["Concurrency"]) for r in rows})
+    if missing:
+        raise UnstableMeasurement(
+            f"perf_analyzer found no stable measurement for concurrency {missing} "
+            f"(within {stability_percentage:g}% over {max_trials} windows of {measurement_ms} ms); "
+            "raise --measurement-ms or --stability-percentage, or measure on a quieter machine",
+            missing=missing, measured=[int(r["Concurrency"]) for r in rows], rows=rows,
+            csv=str(csv_path))
+    return rows
 
 
 def print_table(rows: list[dict[str, str]], console: Console) -> None:

@@ -163,8 +163,8 @@ def latency(candidate: VersionInfo, ctx: GateContext) -> dict:
                 imgsz=int(params.get("imgsz", 640)),
                 # The gate needs a p95 over a few hundred requests, not a steady state: on
                 # a busy machine perf_analyzer's stability rule would refuse to answer.
-                extra_args=["--max-trials", "3", "--stability-percentage", "1000"])
-        except (RuntimeError, FileNotFoundError) as exc:
+                max_trials=3, stability_percentage=1000)
+        except (perf.PerfAnalyzerFailed, FileNotFoundError) as exc:
             raise CandidateRejected(f"latency gate: perf_analyzer failed: {exc}") from None
     row = rows[0]
     p50, p95 = float(row["p50 latency"]) / 1000, float(row["p95 latency"]) / 1000
