@@ -7,7 +7,7 @@ folder) and validated, as `visionguard data import` does it. Prints a table, wri
 
 Target (issue 13): 5,000 images of 640 px imported and validated in under 2 minutes on 2 cores.
 
-The images are control_plane.training.synthetic_data scenes rendered at --render-size (256 px:
+The images are control_plane.datasets.synthetic_data scenes rendered at --render-size (256 px:
 rendering at 640 px costs 0.3 s an image, 25 minutes for 5,000 on one core) and resized to
 --size with per-image sensor noise (sigma 3), so each 640-px JPEG (quality 92, ~100 KB) has
 the entropy a camera's has; the labels are the rendered boxes, normalised. Generation is not
@@ -43,7 +43,7 @@ from control_plane.datasets.scan import Progress, worker_count  # noqa: E402
 from control_plane.datasets.store import DatasetStore  # noqa: E402
 from control_plane.datasets.validate import validate  # noqa: E402
 from control_plane.settings import Settings  # noqa: E402
-from control_plane.training import synthetic_data  # noqa: E402
+from control_plane.datasets import synthetic_data  # noqa: E402
 
 SEED = 11
 VAL_EVERY = 5  # every 5th image is val: 20%

@@ -8,7 +8,7 @@ Reference: the MLflow champion's reference window, exactly as the control plane 
 evaluation split rebuilt from lineage, run through its model.onnx and the served NMS, then
 tracker_service.drift_features). Live: held-out images of the same generator (seed 1, never
 used for training or evaluation), JPEG-encoded as a camera would send them, run through the
-same model, featurised as the gateway does; shifted by control_plane.training.image_shifts for the
+same model, featurised as the gateway does; shifted by control_plane.datasets.image_shifts for the
 power table. Detectors: control_plane.drift.DriftDetector (KS per feature with Bonferroni,
 MMD with a permutation test; drift when either is under p/2), at the settings' p-value.
 
@@ -36,9 +36,9 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from control_plane.drift.monitor import DriftDetector, OnnxDetector, build_reference, drifted  # noqa: E402
-from control_plane.training.image_shifts import SHIFTS  # noqa: E402
+from control_plane.datasets.image_shifts import SHIFTS  # noqa: E402
 from control_plane.settings import Settings  # noqa: E402
-from control_plane.training.synthetic_data import render_sample, sample_rng  # noqa: E402
+from control_plane.datasets.synthetic_data import render_sample, sample_rng  # noqa: E402
 from tracker_service.drift_features import FEATURES, drift_features  # noqa: E402
 
 LIVE_SEED = 1

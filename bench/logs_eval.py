@@ -112,7 +112,7 @@ class Stack:
         no promotion)."""
         if checkpoint and checkpoint.is_file():
             from control_plane.releases.registry import Registry
-            from control_plane.training.synthetic_data import generate_dataset
+            from control_plane.datasets.synthetic_data import generate_dataset
 
             with console.status(f"registering {checkpoint} as the champion..."):
                 self.eval_data = generate_dataset(self.work / "eval" / "data", n_train=0,
@@ -170,7 +170,7 @@ class Stack:
 
 
 def synthetic_data_hash(data_yaml: Path) -> str:
-    from control_plane.training.synthetic_data import dataset_hash
+    from control_plane.datasets.synthetic_data import dataset_hash
 
     return dataset_hash(data_yaml.parent, "val")
 

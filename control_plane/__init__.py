@@ -8,8 +8,11 @@ checks the contracts in pyproject.toml in the test suite):
     api/                the HTTP app factory, error mapping, /metrics
     stack/              `up`, the process supervisor, the Triton process, the environment bootstrap
     releases/ drift/ logs/      the wings, independent of each other
-    datasets/           dataset versions: import (COCO, YOLO, VOC), validation, lineage
-    training/ perf/     generated data and training; perf_analyzer
+    reports/            the release report per model version (HTML, PDF)
+    evaluation/         COCO cross-check of Ultralytics' metrics; robustness under corruptions
+    training/ perf/     the bootstrap and dataset training; perf_analyzer
+    datasets/           dataset versions: import (COCO, YOLO, VOC), validation, lineage; the
+                        generated shapes and image shifts
     mlflow_store.py auth.py     MLflow store and aliases; API tokens and roles
     errors.py settings.py       the error vocabulary; the settings
 

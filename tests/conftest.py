@@ -191,7 +191,7 @@ def shapes_images(tmp_path_factory) -> list[Path]:
     """Held-out generated images (another seed than the training data), as JPEG files."""
     import cv2
 
-    from control_plane.training.synthetic_data import generate_dataset
+    from control_plane.datasets.synthetic_data import generate_dataset
 
     out = tmp_path_factory.mktemp("shapes")
     data_yaml = generate_dataset(out / "data", n_train=0, n_val=6, imgsz=320, seed=99)

@@ -3,7 +3,7 @@ validation rules with one planted defect each, bad input refused with nothing le
 MLflow lineage and the `visionguard data` commands.
 
 Everything runs on a small generated dataset (24 train / 8 val images of 128 px from
-control_plane.training.synthetic_data), exported to COCO JSON with plain json (COCO is data)
+control_plane.datasets.synthetic_data), exported to COCO JSON with plain json (COCO is data)
 and to Pascal VOC with supervision, the library the import reads them with.
 """
 
@@ -28,7 +28,7 @@ from control_plane.datasets.rules import RULE_NAMES, default_rules, with_overrid
 from control_plane.datasets.store import DatasetStore
 from control_plane.datasets.validate import require_valid, validate
 from control_plane.settings import Settings
-from control_plane.training import synthetic_data
+from control_plane.datasets import synthetic_data
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_VAL, SIZE = 24, 8, 128

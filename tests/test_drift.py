@@ -25,7 +25,7 @@ from litestar.testing import TestClient
 from control_plane.drift import monitor as drift_mod
 from control_plane.auth import TokenStore
 from control_plane.drift.monitor import DriftDetector, DriftError, OnnxDetector, build_reference
-from control_plane.training.image_shifts import SHIFTS, generated_features
+from control_plane.datasets.image_shifts import SHIFTS, generated_features
 from control_plane.settings import Settings
 from tests.conftest import free_ports
 from tracker_service.drift_features import FEATURES, OUTPUT_CONF, drift_features
@@ -57,7 +57,7 @@ def test_features_of_a_known_image():
 
 
 def test_features_do_not_depend_on_resolution_much():
-    from control_plane.training.synthetic_data import render_sample, sample_rng
+    from control_plane.datasets.synthetic_data import render_sample, sample_rng
     import cv2
 
     img = render_sample(sample_rng(0, "val", 3), 320).image
@@ -74,7 +74,7 @@ def test_features_do_not_depend_on_resolution_much():
 def world(tmp_path_factory):
     """A registered champion: seeded ONNX as its model/model.onnx artifact, lineage tags that
     name its evaluation split (generator seed 0, 150 images at 128 px) and that split's hash."""
-    from control_plane.training import synthetic_data
+    from control_plane.datasets import synthetic_data
     from control_plane.mlflow_store import experiment_id, mlflow_client, mlflow_store
     from control_plane.training.train import register_version
     from export.onnx_export import export_onnx
@@ -141,7 +141,7 @@ def test_reference_window_rebuilt_from_lineage_and_cached(world, reference):
 def test_registered_versions_use_their_recorded_evaluation_data(tmp_path):
     """`visionguard models register` records a data.yaml, not the generator's seed: its images
     serve as they are when their hash still matches, and nothing else is accepted."""
-    from control_plane.training import synthetic_data
+    from control_plane.datasets import synthetic_data
     from control_plane.drift.monitor import rebuild_eval_split
 
     data_yaml = synthetic_data.generate_dataset(tmp_path / "d", n_train=0, n_val=3, imgsz=96,
@@ -351,7 +351,7 @@ def _gateway_settings(url: str, token: str, **kw):
 
 
 def _images(n: int) -> list[np.ndarray]:
-    from control_plane.training.synthetic_data import render_sample, sample_rng
+    from control_plane.datasets.synthetic_data import render_sample, sample_rng
 
     return [render_sample(sample_rng(9, "val", i), IMGSZ).image for i in range(n)]
 

@@ -121,7 +121,7 @@ def faulted(trained_checkpoint, tmp_path_factory):
     from control_plane.auth import TokenStore
     from control_plane.releases.promoter import Promoter
     from control_plane.releases.registry import Registry
-    from control_plane.training.synthetic_data import generate_dataset
+    from control_plane.datasets.synthetic_data import generate_dataset
 
     root = tmp_path_factory.mktemp("faults")
     eval_data = generate_dataset(root / "eval", n_train=0, n_val=40, imgsz=256, seed=7)

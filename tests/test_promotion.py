@@ -41,7 +41,7 @@ class Release:
 @pytest.fixture(scope="module")
 def eval_data(tmp_path_factory) -> Path:
     """A small held-out evaluation set (a seed no training set here uses)."""
-    from control_plane.training.synthetic_data import generate_dataset
+    from control_plane.datasets.synthetic_data import generate_dataset
 
     return generate_dataset(tmp_path_factory.mktemp("eval") / "data", n_train=0, n_val=40,
                             imgsz=256, seed=7)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from control_plane.training import synthetic_data
-from control_plane.training.synthetic_data import (SHAPES, dataset_hash, generate_dataset, render_sample,
+from control_plane.datasets import synthetic_data
+from control_plane.datasets.synthetic_data import (SHAPES, dataset_hash, generate_dataset, render_sample,
                                           sample_rng)
 
 # --- the dataset -----------------------------------------------------------------------------

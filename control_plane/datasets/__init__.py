@@ -6,9 +6,10 @@ Read in this order: `store.py` (`DatasetStore`: the import pipeline, versions, `
 `sources.py` (the formats, read with supervision), `layout.py` (a version's folder, manifest
 and content hash), `validate.py` and `rules.py` (the checks, their severities and thresholds),
 `scan.py` (one pass over the images: decode, size, EXIF, perceptual hash), `duplicates.py`,
-`lineage.py` (MLflow), `synthetic.py` (generated shapes as one dataset among others) and
-`commands.py` (`visionguard data ...`).
+`lineage.py` (MLflow), `synthetic_data.py` (the generator of shapes scenes), `synthetic.py`
+(generated shapes as one dataset among others), `image_shifts.py` (generated covariate shifts
+for drift checks) and `commands.py` (`visionguard data ...`).
 
-May import errors, settings, the MLflow store and `training.synthetic_data` (the generator);
-never `releases`, `drift`, `logs`, `stack` or `api`, which may import this package.
+May import errors, settings and the MLflow store; never `training`, `evaluation`, `reports`,
+`releases`, `drift`, `logs`, `stack` or `api`, which may import this package.
 """

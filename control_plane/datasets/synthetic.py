@@ -1,5 +1,5 @@
 """Generated shapes as one dataset among others: `visionguard data synth` renders a dataset with
-`control_plane.training.synthetic_data.generate_dataset` into a scratch folder beside the
+`control_plane.datasets.synthetic_data.generate_dataset` into a scratch folder beside the
 versions and imports it as a YOLO folder, so it is validated, hashed and logged like any source.
 The same arguments give byte-identical files, so the same version.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 from control_plane.datasets.errors import DiskFull
 from control_plane.datasets.store import (SCRATCH, DatasetStore, ImportResult, remove_tree,
                                          sweep_stale)
-from control_plane.training import synthetic_data
+from control_plane.datasets import synthetic_data
 
 
 def synthetic_name(seed: int) -> str:

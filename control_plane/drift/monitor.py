@@ -152,7 +152,7 @@ def rebuild_eval_split(tags: dict, out_dir: Path) -> list[Path]:
     """The version's evaluation images: the recorded evaluation data if it is still on this
     machine (versions from `visionguard models register`), else regenerated from the training
     lineage; either way checked against the recorded hash."""
-    from control_plane.training import synthetic_data
+    from control_plane.datasets import synthetic_data
 
     recorded = tags.get("eval_data_yaml")
     if recorded and Path(recorded).is_file():

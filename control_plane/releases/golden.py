@@ -17,7 +17,7 @@ def golden_images(imgsz: int, stride: int) -> list[tuple[str, np.ndarray]]:
     import cv2
     import ultralytics
 
-    from control_plane.training.synthetic_data import render_sample, sample_rng
+    from control_plane.datasets.synthetic_data import render_sample, sample_rng
     from tracker_service.letterbox import letterbox
 
     assets = Path(ultralytics.__file__).parent / "assets"

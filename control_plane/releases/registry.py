@@ -222,7 +222,7 @@ class Registry:
         goes to the audit log."""
         from mlflow.entities import Metric, Param
 
-        from control_plane.training import synthetic_data
+        from control_plane.datasets import synthetic_data
         from export.checkpoint import UnsafeCheckpoint
         from export.onnx_export import export_onnx, load_yolo
 

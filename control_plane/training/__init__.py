@@ -1,5 +1,6 @@
-"""Training: generated datasets (shapes, image shifts), the offline bootstrap detector trained
-with Ultralytics and logged to MLflow, and evaluation.
+"""Training: the offline bootstrap detector and models trained on a dataset version, with
+Ultralytics, logged to MLflow; and evaluation of a checkpoint on a dataset.
 
-May import the MLflow store, errors, settings and `export`; never another wing.
+May import `datasets`, the MLflow store, errors, settings and `export`; never `evaluation`,
+`reports`, `releases`, `drift`, `logs`, `stack` or `api`.
 """

@@ -1,7 +1,7 @@
 """Offline bootstrap: train a small detector on generated shapes and register it in MLflow.
 
 A machine that cannot download weights still gets a detector whose detections mean something:
-`train_bootstrap` generates a labelled dataset (control_plane.training.synthetic_data), trains a YOLO
+`train_bootstrap` generates a labelled dataset (control_plane.datasets.synthetic_data), trains a YOLO
 architecture from scratch with Ultralytics on the CPU, evaluates it on the held-out split, exports
 the serving ONNX, logs all of it to one MLflow run and registers the result as a new version of
 the registered model. The first version becomes `champion`; later ones wait for a promotion.
@@ -31,7 +31,7 @@ from typing import Callable, Iterator, Literal, Mapping
 from control_plane.mlflow_store import (CHAMPION, experiment_id, mlflow_client, mlflow_store,
                                         offline, store_for)
 from control_plane.settings import Settings
-from control_plane.training import synthetic_data
+from control_plane.datasets import synthetic_data
 from export.triton_repo import MODEL_NAME
 
 # Defaults for the bootstrap model `visionguard up` trains on a fresh machine: a useful detector

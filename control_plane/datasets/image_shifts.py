@@ -50,7 +50,7 @@ def generated_features(detector, *, n: int, seed: int, imgsz: int, shift: str | 
     """[n, len(FEATURES)] live-like samples: images of the bootstrap generator (seed `seed`,
     indices start..start+n), optionally shifted, JPEG-encoded as a camera would send them,
     decoded, run through `detector` (bgr -> scores, boxes) and featurised as the gateway does."""
-    from control_plane.training.synthetic_data import render_sample, sample_rng
+    from control_plane.datasets.synthetic_data import render_sample, sample_rng
     from tracker_service.drift_features import drift_features
 
     rows = []
