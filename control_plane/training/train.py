@@ -1,10 +1,24 @@
-"""Offline bootstrap: train a small detector on generated shapes and register it in MLflow.
+"""Training with Ultralytics on a dataset version, logged to MLflow and registered.
 
-A machine that cannot download weights still gets a detector whose detections mean something:
-`train_bootstrap` generates a labelled dataset (control_plane.datasets.synthetic_data), trains a YOLO
-architecture from scratch with Ultralytics on the CPU, evaluates it on the held-out split, exports
-the serving ONNX, logs all of it to one MLflow run and registers the result as a new version of
-the registered model. The first version becomes `champion`; later ones wait for a promotion.
+Two ways in, one pipeline (`_train_and_register`: train, evaluate, export ONNX, log, register):
+
+- `train_bootstrap`: a machine that cannot download weights still gets a detector whose
+  detections mean something. The generated shapes are imported as a dataset version
+  (`control_plane.datasets.synthetic`, what `visionguard data synth` does; an existing version
+  of the same arguments is reused), and a YOLO architecture is trained on it from scratch on
+  the CPU. The first version of the registered model becomes `champion`; later ones wait for a
+  promotion.
+- `train_on_dataset` (`visionguard train --data NAME[@VERSION]`): a team's own dataset
+  version, refused unless it passes validation (`DatasetStore.validated`), fine-tuned from the
+  champion's checkpoint when the classes match (a class-set change is refused unless the
+  version goes to a new model), from a checkpoint file or from an architecture. Its version
+  never takes an alias: it serves once a release engineer promotes it.
+
+Either way the run names the exact data it saw (the version's MLflow dataset entities, name and
+content hash) and so does the registered version (`dataset` = NAME@VERSION, `dataset_hash`).
+Checkpoints are read only through `export.checkpoint` (weights-only, allow-listed). How the
+trained model is evaluated is the caller's choice (`Evaluator`): Ultralytics' validator by
+default; the CLI passes the COCO cross-check of `control_plane.evaluation.coco`, a layer above.
 
 Nothing here touches the network (a test checks it with an audit hook). Left alone, the
 libraries would: Ultralytics runs its MLflow, ClearML, Comet, DVC, Ray Tune, TensorBoard, W&B and
@@ -23,15 +37,20 @@ import logging
 import math
 import os
 import platform
+import re
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Literal, Mapping
+from typing import Callable, Iterator, Literal, Mapping, Protocol
 
-from control_plane.mlflow_store import (CHAMPION, experiment_id, mlflow_client, mlflow_store,
-                                        offline, store_for)
-from control_plane.settings import Settings
 from control_plane.datasets import synthetic_data
+from control_plane.datasets.layout import DatasetVersion
+from control_plane.mlflow_store import (CHAMPION, experiment_id, mlflow_client, offline,
+                                        store_for)
+from control_plane.errors import ControlPlaneError
+from control_plane.settings import Settings
+from control_plane.training.errors import BaseModelError, ClassSetChanged
 from export.triton_repo import MODEL_NAME
 
 # Defaults for the bootstrap model `visionguard up` trains on a fresh machine: a useful detector
@@ -62,6 +81,8 @@ DEFAULT_TRAIN_ARGS: dict[str, object] = {
 }
 
 EXPERIMENT_NAME = "visionguard-bootstrap"
+DATASET_EXPERIMENT_NAME = "visionguard-training"  # runs of `visionguard train --data`
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 MODEL_ARTIFACT_DIR = "model"  # in the run: best.pt and model.onnx; the version's source
 METRIC_MAP50 = "val_mAP50"
 METRIC_MAP = "val_mAP50-95"
@@ -73,9 +94,9 @@ log = logging.getLogger("visionguard.training")
 
 @dataclass(frozen=True)
 class TrainingProgress:
-    """What `train_bootstrap` reports: a stage, and after each epoch its metrics."""
+    """What training reports: a stage, and after each epoch its metrics."""
 
-    stage: str  # "data", "train", "evaluate", "export", "register", "done"
+    stage: str  # "data" or "dataset", "train", "evaluate", "export", "register", "done"
     epoch: int = 0  # epochs completed
     epochs: int = 0
     metrics: Mapping[str, float] = field(default_factory=dict)
@@ -105,6 +126,7 @@ class TrainingProgress:
                          else ", less than a minute left")
             return text
         return {"data": "generating the training images",
+                "dataset": "validating the dataset",
                 "evaluate": "evaluating the best checkpoint on the validation split",
                 "export": "exporting ONNX", "register": "registering the model in MLflow",
                 "done": "done"}.get(self.stage, self.stage)
@@ -124,12 +146,24 @@ class TrainResult:
     metrics: dict[str, float]  # val_mAP50, val_mAP50-95, ...
     eval_dataset: str
     dataset_name: str
-    dataset_hash: str
+    dataset_hash: str  # the version's content hash (control_plane.datasets.layout)
     best_pt: Path
     onnx_path: Path
     data_yaml: Path
     train_s: float  # wall time of the Ultralytics training alone
     total_s: float
+    dataset_ref: str = ""  # NAME@VERSION
+    base: str = ""  # what training started from: an architecture, a checkpoint, the champion
+
+
+class Evaluator(Protocol):
+    """Scores the trained checkpoint on the version's val split, may log artifacts to the run,
+    and returns at least Ultralytics' `mAP50` and `mAP50-95` (what promotion gates compare);
+    every value is logged as `val_<key>`."""
+
+    def __call__(self, weights: Path, version: DatasetVersion, *, imgsz: int, batch: int,
+                 work_dir: Path, threads: int | None, client, run_id: str
+                 ) -> Mapping[str, float]: ...
 
 
 # --- Ultralytics, offline and quiet ------------------------------------------------------------
@@ -308,9 +342,10 @@ def evaluate(weights: str | Path, data_yaml: str | Path, *, imgsz: int,
 # --- registry ----------------------------------------------------------------------------------
 
 def register_version(client, name: str, *, source: str, run_id: str,
-                     tags: Mapping[str, str], description: str = "") -> tuple[str, str | None]:
+                     tags: Mapping[str, str], description: str = "",
+                     claim_champion: bool = True) -> tuple[str, str | None]:
     """Add a version of `name` (created if missing); `champion` goes to it only if no version
-    holds it yet. Returns (version, the version holding `champion`)."""
+    holds it yet and `claim_champion`. Returns (version, the version holding `champion`)."""
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
@@ -326,10 +361,19 @@ def register_version(client, name: str, *, source: str, run_id: str,
                                       tags={k: str(v) for k, v in tags.items()},
                                       description=description)
     champion = registered.aliases.get(CHAMPION) if registered.aliases else None
-    if champion is None:
+    if champion is None and claim_champion:
         client.set_registered_model_alias(name, CHAMPION, mv.version)
         champion = mv.version
-    return str(mv.version), str(champion)
+    return str(mv.version), None if champion is None else str(champion)
+
+
+def ultralytics_evaluator(weights: Path, version: DatasetVersion, *, imgsz: int, batch: int,
+                          work_dir: Path, threads: int | None, client, run_id: str
+                          ) -> dict[str, float]:
+    """The default `Evaluator`: `evaluate` (Ultralytics' validator) on the version's val split;
+    logs nothing beyond the metrics the pipeline logs."""
+    return evaluate(weights, version.data_yaml, imgsz=imgsz, batch=batch, project=work_dir,
+                    threads=threads)
 
 
 # --- training ----------------------------------------------------------------------------------
@@ -342,9 +386,12 @@ def train_bootstrap(out_dir: str | Path, *, epochs: int = DEFAULT_EPOCHS,
                     progress: ProgressCallback | None = None,
                     train_args: Mapping[str, object] | None = None,
                     threads: int | Literal["idle"] | None = None,
-                    verbose: bool = False) -> TrainResult:
-    """Generate data, train, evaluate, export, log to MLflow and register; see the module doc.
+                    verbose: bool = False, settings: Settings | None = None) -> TrainResult:
+    """Import the generated shapes as a dataset version, train, evaluate, export, log to MLflow
+    and register; see the module doc.
 
+    The version goes to `settings.datasets_dir` (`visionguard data list` shows it); without
+    `settings`, to `out_dir/datasets`. MLflow: `tracking_uri`, else the settings' store.
     `train_args` override Ultralytics' training arguments (over DEFAULT_TRAIN_ARGS); the ones
     that keep it offline and on the CPU are fixed. `threads`: torch's CPU threads. None:
     Ultralytics' choice, all cores but one (1 on 2 cores). All cores trained 1.6x faster on an
@@ -359,53 +406,270 @@ def train_bootstrap(out_dir: str | Path, *, epochs: int = DEFAULT_EPOCHS,
     the stack's own processes leave the cores idle; other load on the machine is measured.
     Each epoch is logged as one line (logger `visionguard.training`, event `training_epoch`).
 
-    Writes `out_dir/data/` (the dataset), `out_dir/train/` (Ultralytics' run: weights/best.pt,
-    results.csv), `out_dir/val/` and `out_dir/model.onnx`.
+    Writes `out_dir/train/` (Ultralytics' run: weights/best.pt, results.csv), `out_dir/val/`
+    and `out_dir/model.onnx`.
     """
     offline()
-    import torch
-    import ultralytics
-    from mlflow.entities import Metric, Param, RunTag
-    from ultralytics.models.yolo.detect import DetectionTrainer
+    from control_plane.datasets.store import DatasetStore
+    from control_plane.datasets.synthetic import import_synthetic, synthetic_version
 
-    from export.onnx_export import export_onnx, load_yolo
+    from export.onnx_export import load_yolo
 
     report = progress or (lambda _p: None)
     t_start = time.monotonic()
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if settings is None:
+        if not tracking_uri:
+            raise ValueError("train_bootstrap needs settings or the MLflow tracking URI")
+        settings = Settings(runtime_dir=out)
+    if tracking_uri:  # the dataset's MLflow record goes to the same store as the run
+        settings = replace(settings, mlflow_tracking_uri=tracking_uri)
 
     report(TrainingProgress("data", 0, epochs))
-    data_yaml = synthetic_data.generate_dataset(out / "data", n_train=n_train, n_val=n_val,
-                                                imgsz=imgsz, seed=seed)
-    ds_name = synthetic_data.dataset_name(seed)
-    ds_hash = synthetic_data.dataset_hash(data_yaml.parent)
-    val_hash = synthetic_data.dataset_hash(data_yaml.parent, "val")
-    eval_dataset = f"{ds_name}/val"
+    datasets = DatasetStore(settings)
+    generated = dict(n_train=n_train, n_val=n_val, imgsz=imgsz, seed=seed)
+    version = (synthetic_version(datasets, **generated)
+               or import_synthetic(datasets, **generated).version)
 
-    if not tracking_uri:
-        raise ValueError("train_bootstrap needs the MLflow tracking URI to log to")
-    store = mlflow_store(tracking_uri)
-    client = mlflow_client(store)
-    exp_id = experiment_id(client, store, EXPERIMENT_NAME)
-    params = {"epochs": epochs, "imgsz": imgsz, "seed": seed, "base": base, "batch": batch,
-              "n_train": n_train, "n_val": n_val, "dataset_name": ds_name,
-              "dataset_hash": ds_hash, "eval_dataset": eval_dataset,
-              "eval_dataset_hash": val_hash, "classes": ",".join(synthetic_data.SHAPES),
-              "device": "cpu", "threads": threads or "all but one",
-              "ultralytics": ultralytics.__version__,
-              "torch": torch.__version__, "python": platform.python_version()}
     hyper = {"nbs": batch, **DEFAULT_TRAIN_ARGS, **(train_args or {})}
+    return _train_and_register(
+        settings, version, load_yolo(base, seed),  # a .yaml: seeded random weights
+        kind="bootstrap", base=base, out=out, epochs=epochs, imgsz=imgsz, batch=batch,
+        seed=seed, hyper=hyper, threads=threads, verbose=verbose, report=report,
+        evaluate=ultralytics_evaluator, registered_name=registered_name, claim_champion=True,
+        experiment=EXPERIMENT_NAME, extra={"n_train": n_train, "n_val": n_val},
+        t_start=t_start)
+
+
+def train_on_dataset(settings: Settings, ref: str, *, base: str | None = None,
+                     epochs: int = DEFAULT_EPOCHS, imgsz: int | None = None,
+                     batch: int = DEFAULT_BATCH, seed: int = DEFAULT_SEED,
+                     model_name: str | None = None, out_dir: str | Path | None = None,
+                     train_args: Mapping[str, object] | None = None,
+                     threads: int | Literal["idle"] | None = None, verbose: bool = False,
+                     progress: ProgressCallback | None = None,
+                     evaluate: Evaluator | None = None) -> TrainResult:
+    """`visionguard train --data REF`: train on dataset version `ref` (NAME or NAME@VERSION)
+    and register a version of `model_name` (default: the served model) that takes no alias.
+
+    Refused before anything is trained: a dataset that fails validation (`DatasetInvalid`) or
+    was modified after import (`DatasetModified`); classes other than those the registered
+    model serves (`ClassSetChanged`: give a `model_name` with no versions to start a new
+    model); a `base` that is not usable (`BaseModelError`). `base`: "champion" (fine-tune its
+    checkpoint; the default when there is one, else DEFAULT_BASE from scratch), a `.pt`
+    checkpoint, or an Ultralytics architecture name (`yolov8n.yaml`). A base whose classes
+    differ from the dataset's keeps its backbone and gets a new head (Ultralytics transfers
+    the weights whose shapes match). `imgsz` defaults to the base's training size. `evaluate`
+    scores the trained model (default `ultralytics_evaluator`). Ultralytics' run goes to
+    `out_dir` (default `<runtime_dir>/training/NAME-VERSION-*`).
+    """
+    offline()
+    from control_plane.datasets.store import DatasetStore
+
+    report = progress or (lambda _p: None)
+    t_start = time.monotonic()
+    report(TrainingProgress("dataset", 0, epochs))
+    version, validation = DatasetStore(settings, log_to_mlflow=False).validated(ref)
+    client = mlflow_client(store_for(settings))
+    target = model_name or settings.model_name
+    if not MODEL_NAME_PATTERN.fullmatch(target):
+        raise ControlPlaneError(f"model name {target!r}: 1-100 letters, digits, '.', '_' or "
+                                "'-', starting with a letter or digit (it names a folder in "
+                                "Triton's repository)")
+    _check_class_set(client, target, version, named=model_name is not None)
+
+    if out_dir is None:
+        (settings.runtime_dir / "training").mkdir(parents=True, exist_ok=True)
+        out = Path(tempfile.mkdtemp(prefix=f"{version.name}-{version.version}-",
+                                    dir=settings.runtime_dir / "training"))
+    else:
+        out = Path(out_dir).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+    start = _base_model(client, settings, base, target, out, seed)
+    imgsz = imgsz or start.imgsz or DEFAULT_IMGSZ
+    if start.classes is not None and start.classes != version.classes:
+        log.info("%s has classes %s, the dataset %s: training a new head", start.label,
+                 start.classes, version.classes,
+                 extra={"event": "training_new_head", "base": start.label})
+    hyper = {"nbs": batch, **DEFAULT_TRAIN_ARGS, **(train_args or {})}
+    extra = {"parent": start.parent or "", "dataset_validation": validation.summary()}
+    return _train_and_register(
+        settings, version, start.model, kind="dataset", base=start.label, out=out,
+        epochs=epochs, imgsz=imgsz, batch=batch, seed=seed, hyper=hyper, threads=threads,
+        verbose=verbose, report=report, evaluate=evaluate or ultralytics_evaluator,
+        registered_name=target, claim_champion=False, experiment=DATASET_EXPERIMENT_NAME,
+        extra=extra, t_start=t_start, validation=validation)
+
+
+def _registered_classes(client, name: str) -> tuple[list[str] | None, str | None]:
+    """The classes registered model `name` serves (its champion's `class_names`, else its
+    latest version's) and that version; (None, None) for a model without versions."""
+    versions = client.search_model_versions(f"name = '{name}'")
+    if not versions:
+        return None, None
+    aliases = client.get_registered_model(name).aliases or {}
+    number = str(aliases.get(CHAMPION) or max(int(v.version) for v in versions))
+    tags = client.get_model_version(name, number).tags or {}
+    if "class_names" not in tags:
+        return None, number
+    names = json.loads(tags["class_names"])
+    return [names[k] for k in sorted(names, key=int)], number
+
+
+def _check_class_set(client, target: str, version: DatasetVersion, *, named: bool) -> None:
+    classes, number = _registered_classes(client, target)
+    if classes is None or classes == version.classes:
+        return
+    how = (f"model {target!r} already has versions: give --model-name a name without versions"
+           if named else "to train a new model on it, give it a name: --model-name NAME")
+    raise ClassSetChanged(
+        f"dataset {version.ref} has the classes {version.classes}, but {target!r} version "
+        f"{number} serves {classes}: a version trained on it would change what the served "
+        f"class ids mean; {how}", model=target, model_version=number, model_classes=classes,
+        dataset=version.ref, dataset_classes=version.classes)
+
+
+@dataclass(frozen=True)
+class _Base:
+    """What training starts from."""
+
+    model: object  # ultralytics.YOLO
+    label: str  # for params, tags and the summary
+    imgsz: int | None  # the size it was trained at, if known
+    classes: list[str] | None  # its class names (None: an untrained architecture)
+    parent: str | None = None  # "MODEL/VERSION" when it is a registered version
+
+
+def _base_model(client, settings: Settings, base: str | None, target: str, out: Path,
+                seed: int) -> _Base:
+    """`base` loaded: the champion of `target` (or, for a new model, of the served model),
+    a checkpoint file, or an Ultralytics architecture; `BaseModelError` when unusable."""
+    from mlflow.exceptions import MlflowException
+
+    from export.checkpoint import CheckpointError
+    from export.onnx_export import load_yolo
+
+    if base in (None, "champion"):
+        for name in dict.fromkeys((target, settings.model_name)):
+            champion = _champion(client, name)
+            if champion is not None:
+                break
+        else:
+            if base == "champion":
+                raise BaseModelError(f"no champion of {target!r} to fine-tune from: pass "
+                                     f"--from a checkpoint or an architecture ({DEFAULT_BASE})")
+            return _architecture_base(DEFAULT_BASE, seed)
+        label = f"champion {champion.name} version {champion.version}"
+        try:
+            path = Path(client.download_artifacts(champion.run_id,
+                                                  f"{MODEL_ARTIFACT_DIR}/best.pt", str(out)))
+        except MlflowException as exc:
+            raise BaseModelError(f"the {label} has no {MODEL_ARTIFACT_DIR}/best.pt to "
+                                 f"fine-tune ({exc.message}); pass --from a checkpoint or "
+                                 f"an architecture") from None
+        try:
+            yolo = load_yolo(path)  # export.checkpoint: weights-only, allow-listed
+        except CheckpointError as exc:
+            raise BaseModelError(f"the {label}'s checkpoint is refused: {exc}") from None
+        imgsz = (champion.tags or {}).get("imgsz")
+        return _Base(yolo, label, int(imgsz) if imgsz else _trained_size(yolo),
+                     [yolo.names[i] for i in sorted(yolo.names)],
+                     f"{champion.name}/{champion.version}")
+    if base.endswith((".yaml", ".yml")):
+        return _architecture_base(base, seed)
+    if base.endswith(".pt"):
+        path = Path(base).expanduser().resolve()
+        if not path.is_file():
+            raise BaseModelError(f"--from {base}: no such checkpoint")
+        try:
+            yolo = load_yolo(path)
+        except CheckpointError as exc:
+            raise BaseModelError(str(exc)) from None
+        return _Base(yolo, str(path), _trained_size(yolo),
+                     [yolo.names[i] for i in sorted(yolo.names)])
+    raise BaseModelError(f"--from {base!r}: expected champion, a .pt checkpoint or an "
+                         f"Ultralytics architecture such as {DEFAULT_BASE}")
+
+
+def _champion(client, name: str):
+    """The model version holding `champion` in registered model `name`, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def _trained_size(yolo) -> int | None:
+    args = getattr(yolo, "ckpt", None) or {}
+    size = (args.get("train_args") or {}).get("imgsz")
+    return int(size) if isinstance(size, int) else None
+
+
+def _architecture_base(name: str, seed: int) -> _Base:
+    """One of Ultralytics' own architectures by name (`yolov8n.yaml`), read from its package.
+
+    Not a file of the user's: Ultralytics evaluates parts of an architecture file as code
+    (its `activation`, its layer names), and looks a bare name up in the working directory
+    first; the path inside the package leaves no room for either.
+    """
+    import ultralytics
+
+    from export.onnx_export import load_yolo
+
+    models = Path(ultralytics.__file__).parent / "cfg" / "models"
+    # Ultralytics reads yolov8n.yaml as yolov8.yaml at scale n.
+    unscaled = re.sub(r"(\d+)([nslmx])(.+)?$", r"\1\3", Path(name).stem) + ".yaml"
+    found = sorted(models.rglob(unscaled)) if Path(name).name == name else []
+    if not found:
+        raise BaseModelError(f"--from {name}: not one of Ultralytics' architectures (such as "
+                             f"{DEFAULT_BASE}); architecture files of your own are not read")
+    return _Base(load_yolo(found[0].parent / name, seed), name, None, None)
+
+
+def _train_and_register(settings: Settings, version: DatasetVersion, model, *, kind: str,
+                        base: str, out: Path, epochs: int, imgsz: int, batch: int, seed: int,
+                        hyper: Mapping[str, object], threads: int | Literal["idle"] | None,
+                        verbose: bool, report: ProgressCallback, evaluate: Evaluator,
+                        registered_name: str, claim_champion: bool, experiment: str,
+                        extra: Mapping[str, object], t_start: float,
+                        validation=None) -> TrainResult:
+    """One MLflow run: the dataset as its input, Ultralytics' training with per-epoch metrics,
+    the evaluation, the serving ONNX, and a registered version carrying the lineage."""
+    import torch
+    import ultralytics
+    from mlflow.entities import Metric, Param, RunTag
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    from control_plane.datasets.lineage import mlflow_inputs
+    from export.onnx_export import export_onnx
+
+    store = store_for(settings)
+    client = mlflow_client(store)
+    exp_id = experiment_id(client, store, experiment)
+    eval_dataset = f"{version.name}/val"  # the name of the run's evaluation input
+    # The file-tree hash of the val split, which `models register`, the accuracy gate and drift
+    # compute for any data.yaml: versions evaluated on the same files compare like for like.
+    eval_hash = synthetic_data.dataset_hash(version.path, "val")
+    params = {"kind": kind, "epochs": epochs, "imgsz": imgsz, "seed": seed, "base": base,
+              "batch": batch, "dataset": version.ref, "dataset_name": version.name,
+              "dataset_hash": version.hash, "eval_dataset": eval_dataset,
+              "eval_dataset_hash": eval_hash, "classes": ",".join(version.classes),
+              "device": "cpu", "threads": threads or "all but one",
+              "ultralytics": ultralytics.__version__, "torch": torch.__version__,
+              "python": platform.python_version(), **extra}
     params.update({f"train.{k}": v for k, v in hyper.items()})
-    run = client.create_run(exp_id, run_name=f"bootstrap-{ds_name}-{imgsz}px-{epochs}ep",
-                            tags={"visionguard.kind": "bootstrap", "dataset": ds_name})
+    prefix = "bootstrap" if kind == "bootstrap" else "train"
+    run = client.create_run(exp_id, run_name=f"{prefix}-{version.ref}-{imgsz}px-{epochs}ep",
+                            tags={"visionguard.kind": kind, "dataset": version.ref})
     run_id = run.info.run_id
     try:
-        client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        _log_datasets(client, run_id, data_yaml.parent, ds_name, ds_hash, val_hash)
+        client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        client.log_inputs(run_id, datasets=mlflow_inputs(version))
 
         report(TrainingProgress("train", 0, epochs))
-        model = load_yolo(base, seed)  # a .yaml: seeded random weights, trained from scratch
         cores = IdleCores() if threads == "idle" else None
         if cores is not None:
             log.info("training on %d torch threads (%d cores, %d idle)", cores.threads,
@@ -415,11 +679,12 @@ def train_bootstrap(out_dir: str | Path, *, epochs: int = DEFAULT_EPOCHS,
                 model.add_callback(event, callback)
         elif threads:
             model.add_callback("on_pretrain_routine_start", _torch_threads(threads))
-        model.add_callback("on_fit_epoch_end", _epoch_logger(client, run_id, report, cores))
+        what = "bootstrap training" if kind == "bootstrap" else f"training on {version.ref}"
+        model.add_callback("on_fit_epoch_end", _epoch_logger(client, run_id, report, cores, what))
         t_train = time.monotonic()
         with _no_font_download(), _ultralytics_logging(verbose):
             model.train(trainer=_without_integrations(DetectionTrainer), **{
-                **hyper, "data": str(data_yaml), "epochs": epochs, "imgsz": imgsz,
+                **hyper, "data": str(version.data_yaml), "epochs": epochs, "imgsz": imgsz,
                 "batch": batch, "seed": seed, "deterministic": True, "device": "cpu",
                 "workers": 0, "amp": False, "plots": False, "val": True, "project": str(out),
                 "name": "train", "exist_ok": True, "verbose": verbose})
@@ -429,14 +694,16 @@ def train_bootstrap(out_dir: str | Path, *, epochs: int = DEFAULT_EPOCHS,
             raise RuntimeError(f"training wrote no checkpoint at {best}")
 
         report(TrainingProgress("evaluate", epochs, epochs))
-        scores = evaluate(best, data_yaml, imgsz=imgsz, batch=batch, project=out,
-                          threads=cores.threads if cores is not None else threads,
-                          verbose=verbose)
-        final = {f"val_{k}": v for k, v in scores.items()}
+        with _ultralytics_logging(verbose):
+            scores = evaluate(best, version, imgsz=imgsz, batch=batch, work_dir=out,
+                              threads=cores.threads if cores is not None else (
+                                  threads if isinstance(threads, int) else None),
+                              client=client, run_id=run_id)
+        final = {f"val_{k}": float(v) for k, v in scores.items()}
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, v, now, epochs) for k, v in final.items()],
                          tags=[RunTag("eval_dataset", eval_dataset),
-                               RunTag("eval_dataset_hash", val_hash)])
+                               RunTag("eval_dataset_hash", eval_hash)])
 
         report(TrainingProgress("export", epochs, epochs, final))
         with _ultralytics_logging(verbose):
@@ -444,49 +711,53 @@ def train_bootstrap(out_dir: str | Path, *, epochs: int = DEFAULT_EPOCHS,
         onnx_path = exported.onnx_path
         client.log_artifact(run_id, str(best), MODEL_ARTIFACT_DIR)
         client.log_artifact(run_id, str(onnx_path), MODEL_ARTIFACT_DIR)
-        client.log_artifact(run_id, str(data_yaml), "dataset")
+        client.log_artifact(run_id, str(version.data_yaml), "dataset")
+        if validation is not None:  # the gate this training passed
+            client.log_dict(run_id, validation.as_dict(examples=10), "dataset/validation.json")
         for name in ("results.csv", "args.yaml"):
             if (best.parent.parent / name).exists():
                 client.log_artifact(run_id, str(best.parent.parent / name), "training")
 
         report(TrainingProgress("register", epochs, epochs, final))
-        artifact_uri = client.get_run(run_id).info.artifact_uri
-        source = f"{artifact_uri}/{MODEL_ARTIFACT_DIR}"
+        source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT_DIR}"
         lineage = {
-            "dataset_name": ds_name, "dataset_hash": ds_hash,
-            "eval_dataset": eval_dataset, "eval_dataset_hash": val_hash,
+            "dataset": version.ref, "dataset_name": version.name,
+            "dataset_version": version.version, "dataset_hash": version.hash,
+            "eval_dataset": eval_dataset, "eval_dataset_hash": eval_hash,
             METRIC_MAP50: f"{final[METRIC_MAP50]:.6f}", METRIC_MAP: f"{final[METRIC_MAP]:.6f}",
             "source_checkpoint": f"{source}/best.pt", "onnx": f"{source}/{onnx_path.name}",
             "base": base, "epochs": epochs, "imgsz": imgsz, "seed": seed, "batch": batch,
-            "n_train": n_train, "n_val": n_val, "ultralytics": ultralytics.__version__,
+            "ultralytics": ultralytics.__version__,
             "train_args": json.dumps(hyper, sort_keys=True),
             # The serving contract promotion checks candidates against, and where the
             # evaluation data lives for evaluating later candidates on the same split.
             "class_names": json.dumps({str(k): v for k, v in sorted(exported.names.items())}),
-            "stride": exported.stride, "eval_data_yaml": str(data_yaml),
+            "stride": exported.stride, "eval_data_yaml": str(version.data_yaml),
+            **{k: v for k, v in extra.items() if k != "dataset_validation" and v != ""},
         }
-        version, champion = register_version(
+        version_number, champion = register_version(
             client, registered_name, source=source, run_id=run_id, tags=lineage,
-            description=f"{base} trained {epochs} epochs at {imgsz}px on {ds_name}: "
+            claim_champion=claim_champion,
+            description=f"{base} trained {epochs} epochs at {imgsz}px on {version.ref}: "
                         f"mAP50 {final[METRIC_MAP50]:.3f}, mAP50-95 {final[METRIC_MAP]:.3f} "
                         f"on {eval_dataset}")
-        client.set_tag(run_id, "registered_version", f"{registered_name}/{version}")
+        client.set_tag(run_id, "registered_version", f"{registered_name}/{version_number}")
         client.set_terminated(run_id, "FINISHED")
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
     result = TrainResult(run_id=run_id, experiment_id=exp_id, tracking_uri=store.tracking_uri,
-                         registered_name=registered_name, version=version, champion=champion,
-                         metrics=final, eval_dataset=eval_dataset, dataset_name=ds_name,
-                         dataset_hash=ds_hash, best_pt=best, onnx_path=onnx_path,
-                         data_yaml=data_yaml, train_s=train_s,
-                         total_s=time.monotonic() - t_start)
+                         registered_name=registered_name, version=version_number,
+                         champion=champion, metrics=final, eval_dataset=eval_dataset,
+                         dataset_name=version.name, dataset_hash=version.hash, best_pt=best,
+                         onnx_path=onnx_path, data_yaml=version.data_yaml, train_s=train_s,
+                         total_s=time.monotonic() - t_start, dataset_ref=version.ref, base=base)
     report(TrainingProgress("done", epochs, epochs, final))
     return result
 
 
 def _epoch_logger(client, run_id: str, report: ProgressCallback,
-                  cores: IdleCores | None = None):
+                  cores: IdleCores | None = None, what: str = "bootstrap training"):
     """An Ultralytics on_fit_epoch_end callback: the epoch's losses, validation metrics and
     learning rates to the run, at step = epochs completed (as in results.csv); one log line
     per epoch (a terminal's progress bar is not a log); the progress to `report`."""
@@ -509,8 +780,8 @@ def _epoch_logger(client, run_id: str, report: ProgressCallback,
         progress = TrainingProgress("train", epoch, trainer.epochs, values,
                                     train_s=time.time() - started if started else 0.0,
                                     threads=cores.threads if cores else torch.get_num_threads())
-        log.info("bootstrap training %s: mAP50 %.3f, mAP50-95 %.3f, %.0f s this epoch, "
-                 "%d threads", progress.describe(), values.get("val/mAP50", float("nan")),
+        log.info("%s %s: mAP50 %.3f, mAP50-95 %.3f, %.0f s this epoch, %d threads", what,
+                 progress.describe(), values.get("val/mAP50", float("nan")),
                  values.get("val/mAP50-95", float("nan")), values.get("time/epoch_s", 0.0),
                  progress.threads, extra={
                      "event": "training_epoch", "epoch": epoch, "epochs": trainer.epochs,
@@ -523,48 +794,24 @@ def _epoch_logger(client, run_id: str, report: ProgressCallback,
     return on_fit_epoch_end
 
 
-def _log_datasets(client, run_id: str, root: Path, name: str, digest: str,
-                  val_digest: str) -> None:
-    """The run's inputs: the training data and the evaluation split, by name and digest."""
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-
-    source = json.dumps({"uri": root.as_uri()})
-    inputs = [
-        DatasetInput(Dataset(name, digest[:36], "local", source),
-                     [InputTag("mlflow.data.context", "training")]),
-        DatasetInput(Dataset(f"{name}/val", val_digest[:36], "local", source),
-                     [InputTag("mlflow.data.context", "evaluation")]),
-    ]
-    client.log_inputs(run_id, datasets=inputs)
-
-
 # --- the CLI's side ----------------------------------------------------------------------------
 
-def train_command(settings: Settings, out_dir: Path | None = None, *, epochs: int = DEFAULT_EPOCHS,
-                  imgsz: int = DEFAULT_IMGSZ, n_train: int = DEFAULT_N_TRAIN,
-                  n_val: int = DEFAULT_N_VAL, seed: int = DEFAULT_SEED,
-                  base: str = DEFAULT_BASE, batch: int = DEFAULT_BATCH,
-                  registered_name: str = MODEL_NAME,
-                  threads: int | Literal["idle"] | None = None, verbose: bool = False,
-                  console=None, progress: ProgressCallback | None = None) -> TrainResult:
-    """`visionguard train`: train_bootstrap with a progress bar over epochs and a summary.
-
-    `out_dir` defaults to `<runtime dir>/bootstrap`. `progress` also gets every report. On a
-    console that is not a terminal (a log file, CI) the bar draws nothing: each epoch is
-    printed as a line instead.
-    """
-    from rich.console import Console
+@contextlib.contextmanager
+def progress_bar(console, epochs: int, also: ProgressCallback | None = None
+                 ) -> Iterator[ProgressCallback]:
+    """A rich progress bar over epochs, fed by the callback it yields. On a console that is not
+    a terminal (a log file, CI) the bar draws nothing: each epoch is printed as a line instead.
+    `also` gets every report too."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
-    console = console or Console()
-    out = Path(out_dir) if out_dir else settings.bootstrap_dir
-    stages = {"data": "generating images", "train": "training", "evaluate": "evaluating best.pt",
-              "export": "exporting ONNX", "register": "registering", "done": "done"}
+    stages = {"data": "generating images", "dataset": "validating the dataset",
+              "train": "training", "evaluate": "evaluating best.pt", "export": "exporting ONNX",
+              "register": "registering", "done": "done"}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[scores]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(stages["data"], total=epochs, scores="")
+        task = bar.add_task("starting", total=epochs, scores="")
 
         def on_progress(p: TrainingProgress) -> None:
             scores = ""
@@ -575,21 +822,55 @@ def train_command(settings: Settings, out_dir: Path | None = None, *, epochs: in
                        **({"scores": scores} if scores else {}))
             if not console.is_terminal and (p.stage != "train" or p.epoch):
                 console.print(f"training: {p.describe()}" + (f"  {scores}" if scores else ""))
-            if progress is not None:
-                progress(p)
+            if also is not None:
+                also(p)
 
-        result = train_bootstrap(out, epochs=epochs, imgsz=imgsz, n_train=n_train, n_val=n_val,
-                                 seed=seed, base=base, batch=batch,
-                                 tracking_uri=store_for(settings).tracking_uri,
-                                 registered_name=registered_name, progress=on_progress,
-                                 threads=threads, verbose=verbose)
+        yield on_progress
+
+
+def train_command(settings: Settings, out_dir: Path | None = None, *, data: str | None = None,
+                  base: str | None = None, model_name: str | None = None,
+                  epochs: int = DEFAULT_EPOCHS, imgsz: int | None = None,
+                  n_train: int = DEFAULT_N_TRAIN, n_val: int = DEFAULT_N_VAL,
+                  seed: int = DEFAULT_SEED, batch: int = DEFAULT_BATCH,
+                  registered_name: str = MODEL_NAME,
+                  threads: int | Literal["idle"] | None = None, verbose: bool = False,
+                  console=None, progress: ProgressCallback | None = None,
+                  evaluate: Evaluator | None = None) -> TrainResult:
+    """`visionguard train`: with `data`, `train_on_dataset` (`base`, `model_name`, `evaluate`);
+    without, `train_bootstrap` (`n_train`, `n_val`, `registered_name`; output in `out_dir`,
+    default `<runtime dir>/bootstrap`); a progress bar over epochs, then a summary."""
+    from rich.console import Console
+
+    console = console or Console()
+    with progress_bar(console, epochs, progress) as on_progress:
+        if data is not None:
+            result = train_on_dataset(settings, data, base=base, epochs=epochs, imgsz=imgsz,
+                                      batch=batch, seed=seed, model_name=model_name,
+                                      out_dir=out_dir, threads=threads, verbose=verbose,
+                                      progress=on_progress, evaluate=evaluate)
+        else:
+            result = train_bootstrap(out_dir or settings.bootstrap_dir, epochs=epochs,
+                                     imgsz=imgsz or DEFAULT_IMGSZ, n_train=n_train,
+                                     n_val=n_val, seed=seed, base=DEFAULT_BASE, batch=batch,
+                                     tracking_uri=store_for(settings).tracking_uri,
+                                     registered_name=registered_name, progress=on_progress,
+                                     threads=threads, verbose=verbose, settings=settings)
     m = result.metrics
-    console.print(f"[green]trained[/] {base} {epochs} epochs at {imgsz}px in "
+    console.print(f"[green]trained[/] {result.base} {epochs} epochs on {result.dataset_ref} in "
                   f"{result.train_s / 60:.1f} min: mAP50 {m[METRIC_MAP50]:.3f}, "
                   f"mAP50-95 {m[METRIC_MAP]:.3f} on {result.eval_dataset}")
-    champion = " (champion)" if result.champion == result.version else (
-        f"; champion stays version {result.champion}")
-    console.print(f"registered {result.registered_name} version {result.version}{champion} "
+    if "val_coco_mAP50-95" in m:
+        console.print(f"COCO evaluator on the same predictions: mAP50 {m['val_coco_mAP50']:.3f}, "
+                      f"mAP50-95 {m['val_coco_mAP50-95']:.3f}")
+    if result.champion == result.version:
+        serving = " (champion)"
+    elif result.champion is None:
+        serving = " (no alias: it serves once promoted)"
+    else:
+        serving = (f"; champion stays version {result.champion} (promote with `visionguard "
+                   f"models promote {result.version}`)")
+    console.print(f"registered {result.registered_name} version {result.version}{serving} "
                   f"in {result.tracking_uri} (run {result.run_id})")
     console.print(f"checkpoint {result.best_pt}\nONNX       {result.onnx_path}")
     return result
