@@ -2,7 +2,8 @@
 
 Each check is a function `(candidate, context) -> detail`: it returns what it measured (kept in
 the audit log and, for gates, as the version's MLflow tag `gate_<name>`) or raises
-`CandidateRejected` with the reason. Adding a gate is adding one function to `CHECKS`. The
+`CandidateRejected` with the reason. Adding a gate is adding one function to `CHECKS` (and,
+for one that is off unless configured, its switch to `OPTIONAL`). The
 promoter runs them after the candidate is written into the repository and loaded in every
 Triton, and restores everything when one fails.
 """
@@ -181,6 +182,52 @@ def latency(candidate: VersionInfo, ctx: GateContext) -> dict:
     return detail
 
 
+def robustness(candidate: VersionInfo, ctx: GateContext) -> dict:
+    """Mean robustness ratio (corrupted / clean mAP50-95, control_plane.evaluation.robustness)
+    at most `gate_robustness_margin` below the champion's on the same suite: the dataset
+    VG_GATE_ROBUSTNESS_DATA and the configured corruptions, severities and image count. A
+    version's recorded result for exactly that suite is reused; one without is evaluated here
+    and keeps the result (its run and tags), the champion included."""
+    from control_plane.datasets.store import DatasetStore
+    from control_plane.evaluation import corruptions as corruption_set
+    from control_plane.evaluation import robustness as suite_eval
+
+    s = ctx.settings
+    try:
+        severities = [int(v) for v in s.gate_robustness_severities.split(",") if v.strip()]
+    except ValueError:
+        raise CandidateRejected(f"robustness gate: VG_GATE_ROBUSTNESS_SEVERITIES "
+                                f"{s.gate_robustness_severities!r} is not a list of 1, 2, 3"
+                                ) from None
+    corruptions = [c.strip() for c in s.gate_robustness_corruptions.split(",") if c.strip()]
+    chosen, levels = corruption_set.check(corruptions, severities)
+    dataset = DatasetStore(s, log_to_mlflow=False).resolve(s.gate_robustness_data)
+    suite = suite_eval.Suite(dataset.ref, chosen, levels, s.gate_robustness_max_images)
+
+    def mean_ratio(version: VersionInfo) -> tuple[float, str]:
+        record = suite_eval.recorded(version.tags, suite)
+        if record is not None:
+            return float(record["mean_ratio"]), "recorded"
+        result = suite_eval.evaluate_version(s, version.version, dataset, corruptions=chosen,
+                                             severities=levels, max_images=suite.max_images)
+        return result.mean_ratio, "evaluated"
+
+    ratio, how = mean_ratio(candidate)
+    margin = s.gate_robustness_margin
+    detail = {"mean_ratio": round(ratio, 4), "dataset": dataset.ref, "margin": margin,
+              "corruptions": len(chosen), "severities": list(levels), "candidate": how}
+    if ctx.champion is None:
+        return {**detail, "champion": None}
+    reference, champion_how = mean_ratio(ctx.champion)
+    detail.update({"champion": ctx.champion.version,
+                   "champion_mean_ratio": round(reference, 4), "reference": champion_how})
+    if ratio < reference - margin:
+        raise CandidateRejected(
+            f"robustness gate: mean ratio {ratio:.3f} is below the champion's {reference:.3f} "
+            f"by more than {margin:g} on {dataset.ref}", **detail)
+    return detail
+
+
 Check = Callable[[VersionInfo, GateContext], dict]
 
 # The order a candidate is checked in. Names starting with `gate_` are kept on the version.
@@ -190,4 +237,17 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("smoke_parity", smoke_parity),
     ("gate_accuracy", accuracy),
     ("gate_latency", latency),
+    ("gate_robustness", robustness),  # optional: only with VG_GATE_ROBUSTNESS_DATA
 )
+
+# Optional gates and whether `settings` turn them on; the others always run.
+OPTIONAL: dict[str, Callable[[Settings], bool]] = {
+    "gate_robustness": lambda settings: bool(settings.gate_robustness_data),
+}
+
+
+def checks(settings: Settings) -> tuple[tuple[str, Check], ...]:
+    """CHECKS less the optional gates `settings` leave off (a gate that is off leaves no
+    `gate_*` tag on the version)."""
+    return tuple((name, check) for name, check in CHECKS
+                 if name not in OPTIONAL or OPTIONAL[name](settings))

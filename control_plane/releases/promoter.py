@@ -32,7 +32,7 @@ from control_plane.errors import Busy, Conflict, ControlPlaneError
 from control_plane.mlflow_store import CHALLENGER, CHAMPION, PREVIOUS
 from control_plane.releases.audit import AuditLog
 from control_plane.releases.fleet import TritonControl
-from control_plane.releases.gates import CHECKS, CandidateRejected, GateContext, class_names
+from control_plane.releases.gates import CandidateRejected, GateContext, checks, class_names
 from control_plane.releases.registry import Registry, VersionInfo
 from control_plane.settings import Settings
 from export import triton_repo
@@ -218,7 +218,7 @@ class Promoter:
             ctx = GateContext(self.settings, self.registry, self.model, self.model_dir,
                               self.triton, champion, self.model_dir / version / "model.onnx",
                               load=lambda v: self._load(v, served))
-            for name, check in CHECKS:
+            for name, check in checks(self.settings):
                 self._step(steps, name, version, check, candidate, ctx)
         except Exception as error:  # noqa: BLE001 - any failure: restore, then say why
             exc = error if isinstance(error, CandidateRejected) else CandidateRejected(
