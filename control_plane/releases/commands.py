@@ -148,6 +148,36 @@ def compare(ctx: typer.Context, a: Annotated[str, typer.Argument(help="Version A
 
 
 @app.command()
+def report(ctx: typer.Context,
+           version: Annotated[str, typer.Argument(help="Version number.")],
+           out: Annotated[Optional[Path], typer.Option(
+               help="Write the report here, as .html or .pdf; default: both, under the "
+                    "runtime directory's reports/.")] = None,
+           attach: Annotated[bool, typer.Option(
+               help="Also log it to the version's MLflow run (report/report.html, .pdf).")
+           ] = True) -> None:
+    """The version's release report a person reads: metrics beside the champion, evaluation,
+    robustness, dataset and its validation, sample detections, gates (HTML and PDF)."""
+    from control_plane.reports.report import attach as attach_report
+    from control_plane.reports.report import build_report, output_format, write_report
+
+    settings = cli_settings(ctx)
+    if out is not None:
+        output_format(out)  # a bad suffix is refused before anything is built
+    with console.status(f"building the report of version {version}..."):
+        built = build_report(settings, version)
+        outs = [out] if out is not None else [
+            settings.reports_dir / f"{built.model}-v{built.version}.{fmt}"
+            for fmt in ("html", "pdf")]
+        written = [write_report(built, path) for path in outs]
+        attached = attach_report(settings, built) if attach else []
+    for path in written:
+        console.print(f"wrote {path}")
+    if attached:
+        console.print(f"attached to MLflow run {built.run_id}: {', '.join(attached)}")
+
+
+@app.command()
 def promote(ctx: typer.Context, version: Annotated[str, typer.Argument(help="Version to make champion.")]) -> None:
     """Load, check and gate a version, then make it the champion (the old one stays loaded)."""
     _operate(cli_settings(ctx), "promote", lambda p: p.promote(version))

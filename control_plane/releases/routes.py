@@ -1,4 +1,4 @@
-"""Registry and release routes: list, show, compare, register, promote, canary, rollback.
+"""Registry and release routes: list, show, compare, report, register, promote, canary, rollback.
 
 Reads need any valid token; changes need the `release` role. Long operations (register,
 promote, canary) run in a worker thread and answer when done, with every step's result.
@@ -14,7 +14,7 @@ from typing import Annotated
 
 import msgspec
 from anyio import to_thread
-from litestar import Litestar, Request, Router, get, post
+from litestar import Litestar, Request, Response, Router, get, post
 from litestar.params import Parameter
 
 from control_plane.auth import principal_of, requires
@@ -87,6 +87,20 @@ async def show(request: Request, version: VersionPath) -> dict:
     return (await to_thread.run_sync(_registry(request).get, version)).as_dict()
 
 
+@get("/v1/models/{version:str}/report", guards=[requires()],
+     summary="The version's release report: HTML, or PDF with ?format=pdf")
+async def report(request: Request, version: VersionPath, format: str = "html") -> Response:
+    from control_plane.reports.report import MEDIA_TYPES, build_report
+
+    if format not in MEDIA_TYPES:
+        raise ControlPlaneError("format must be html or pdf", format=format)
+    built = await to_thread.run_sync(lambda: build_report(
+        request.app.state.settings, version, name=_registry(request).name,
+        pdf=format == "pdf"))
+    return Response(built.content(format), media_type=MEDIA_TYPES[format], headers={
+        "content-disposition": f'inline; filename="{built.model}-v{built.version}.{format}"'})
+
+
 @post("/v1/models", guards=[requires("release")], status_code=201,
       summary="Register a checkpoint: evaluate, export ONNX, log to MLflow, new version")
 async def register(request: Request, data: RegisterBody) -> dict:
@@ -145,8 +159,8 @@ async def gateways(request: Request) -> dict:
 
 
 def router(settings: Settings) -> Router:
-    return Router(path="/", route_handlers=[routing, list_versions, compare, show, register,
-                                            promote, canary, abort, rollback, audit,
+    return Router(path="/", route_handlers=[routing, list_versions, compare, show, report,
+                                            register, promote, canary, abort, rollback, audit,
                                             gateways])
 
 
