@@ -35,6 +35,7 @@ SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "ALERTS"
              "ALERTS_FOR_STATE"}
 KEYWORDS = {"and", "or", "unless", "bool", "by", "without", "on", "ignoring", "group_left",
             "group_right", "offset", "inf", "nan", "le"}
+ZONES_STREAM = "cam-grafana-zones"  # the stream `traffic` draws a zone and a line on
 
 
 def metric_names(expr: str) -> set[str]:
@@ -155,7 +156,8 @@ def sample_names(url: str) -> set[str]:
 
 def traffic(stack, bus_jpg, n: int = 1) -> None:
     """Requests that make every labelled series appear: detections, a stream frame, an error
-    answer, a stream deleted and an unknown one."""
+    answer, a stream deleted and an unknown one, a stream with a zone and a line (left in
+    place: a stream's zone series go with it)."""
     url = stack.gateway_url
     for i in range(n):
         assert httpx.post(f"{url}/v1/detect", content=bus_jpg,
@@ -167,6 +169,13 @@ def traffic(stack, bus_jpg, n: int = 1) -> None:
                       timeout=30).status_code == 415
     assert httpx.delete(f"{url}/v1/streams/cam-grafana", timeout=30).status_code == 204
     assert httpx.delete(f"{url}/v1/streams/never-seen", timeout=30).status_code == 404
+    r = httpx.post(f"{url}/v1/streams/{ZONES_STREAM}/frames", content=bus_jpg,
+                   headers={"content-type": "image/jpeg"}, timeout=60)
+    assert r.status_code == 200, r.text
+    r = httpx.put(f"{url}/v1/streams/{ZONES_STREAM}/zones", timeout=30, json={
+        "zones": [{"id": "door", "polygon": [[0, 0], [400, 0], [400, 500]]}],
+        "lines": [{"id": "gate", "start": [0, 600], "end": [800, 600]}]})
+    assert r.status_code == 200, r.text
 
 
 def targets(stack) -> dict[str, str]:
@@ -280,6 +289,14 @@ def test_prometheus_scrapes_the_stack_and_answers_the_dashboards(stack, promethe
     result = query(prometheus, expr.replace("$__rate_interval", "1m"))
     assert any(r["metric"]["model"] == "detector" and float(r["value"][1]) > 0
                for r in result), result
+    # The zone and line panels show the stream's zone and line.
+    zone_panel = panels[("gateway", "Zones: entries and exits per second, occupancy")]
+    line_panel = panels[("gateway", "Line crossings per second by direction")]
+    for panel, label, name in ((zone_panel, "zone", "door"), (line_panel, "line", "gate")):
+        result = query(prometheus, panel["targets"][-1]["expr"].replace(
+            "$__rate_interval", "1m"))
+        assert any(r["metric"]["stream"] == ZONES_STREAM and r["metric"][label] == name
+                   for r in result), result
     # The alert rules are loaded and evaluate without errors.
     deadline = time.monotonic() + 10
     while True:

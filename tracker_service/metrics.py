@@ -74,6 +74,73 @@ class GatewayMetrics:
         self.drift_buffer = Gauge(
             "visionguard_gateway_drift_buffer_samples",
             "Drift feature samples waiting to be sent", registry=r)
+        self.zones = ZoneMetrics(r)
+        self.webhooks = Counter(
+            "visionguard_gateway_webhooks_total",
+            "Webhook deliveries by outcome: delivered, retried (an attempt to be tried again), "
+            "failed (given up), dropped (queue full)", ["outcome"], registry=r)
+        for outcome in ("delivered", "retried", "failed", "dropped"):
+            self.webhooks.labels(outcome)
+
+
+class ZoneMetrics:
+    """Counts of the streams' zones and lines (tracker_service/zones.py).
+
+    Labels are the stream and the zone or line id, so the series are bounded by what is
+    configured: a stream's series appear when its zones are set (at 0) and are removed when they
+    are replaced or cleared and when the stream is deleted or evicted; at most
+    max_streams x (max_zones + max_lines) per metric (GatewaySettings), ids of at most
+    max_id_length characters. A counter removed and made again starts from 0, which
+    Prometheus' rate() reads as a reset."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.entries = Counter(
+            "visionguard_zone_entries_total", "Tracks that entered a zone",
+            ["stream", "zone"], registry=registry)
+        self.exits = Counter(
+            "visionguard_zone_exits_total", "Tracks that left a zone",
+            ["stream", "zone"], registry=registry)
+        self.occupancy = Gauge(
+            "visionguard_zone_occupancy", "Tracks inside a zone on the stream's last frame",
+            ["stream", "zone"], registry=registry)
+        self.crossings = Counter(
+            "visionguard_line_crossings_total",
+            "Tracks that crossed a line, by direction (in: from its right to its left)",
+            ["stream", "line", "direction"], registry=registry)
+        self._configured: dict[str, tuple[list[str], list[str]]] = {}
+
+    def configure(self, stream_id: str, zones: list[str], lines: list[str]) -> None:
+        """A stream's zones and lines are (re)set: its old series go, the new ones start at 0."""
+        self.forget(stream_id)
+        self._configured[stream_id] = (zones, lines)
+        for zone in zones:
+            self.entries.labels(stream_id, zone)
+            self.exits.labels(stream_id, zone)
+            self.occupancy.labels(stream_id, zone).set(0)
+        for line in lines:
+            for direction in ("in", "out"):
+                self.crossings.labels(stream_id, line, direction)
+
+    def observe(self, stream_id: str, events, occupancy: dict[str, int]) -> None:
+        """One frame's zone events (zones.ZoneEvent) and the zones' occupancy after it."""
+        for e in events:
+            if e.type == "zone_enter":
+                self.entries.labels(stream_id, e.shape).inc()
+            elif e.type == "zone_exit":
+                self.exits.labels(stream_id, e.shape).inc()
+            else:
+                self.crossings.labels(stream_id, e.shape, e.direction).inc()
+        for zone, count in occupancy.items():
+            self.occupancy.labels(stream_id, zone).set(count)
+
+    def forget(self, stream_id: str) -> None:
+        zones, lines = self._configured.pop(stream_id, ((), ()))
+        for zone in zones:
+            for metric in (self.entries, self.exits, self.occupancy):
+                metric.remove(stream_id, zone)
+        for line in lines:
+            for direction in ("in", "out"):
+                self.crossings.remove(stream_id, line, direction)
 
 
 class TritonStats:

@@ -9,7 +9,10 @@
   to the champion), so a release step never fails a request;
 - track: a stream's frames admitted in order (streams.py), detected concurrently, then applied to
   the stream's own tracker strictly in frame order, with appearance embeddings when the tracker
-  uses them.
+  uses them; then the stream's zones and lines (zones.py) turn the tracks into counts and
+  events, which are counted in Prometheus, logged (one line per event, with the request's
+  trace id) and sent to the configured webhooks (webhooks.py, in the background: a slow or
+  failing receiver never delays or fails the frame).
 
 Its collaborators come in through the constructor (the Triton client, the routing follower, the
 stream registry, the embedder, the drift sampler, the metrics), so the decisions are tested with a
@@ -20,14 +23,16 @@ are written by its `RequestRecorder` (recorder.py), nowhere else.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from anyio import to_thread
+from opentelemetry import trace
 from prometheus_client import generate_latest
 
 from tracker_service.detection import DetectionPipeline, DetectOptions, Detections
@@ -38,9 +43,13 @@ from tracker_service.recorder import RequestRecorder
 from tracker_service.routing import CHALLENGER, CHAMPION, DEFAULT, EXPLICIT
 from tracker_service.routing_follower import RoutingFollower
 from tracker_service.settings import GatewaySettings
-from tracker_service.streams import StreamRegistry
-from tracker_service.tracking import HistogramEmbedder
+from tracker_service.streams import Stream, StreamRegistry
+from tracker_service.telemetry import annotate
+from tracker_service.tracking import HistogramEmbedder, stream_frame_rate
 from tracker_service.triton_client import DetectorClient
+from tracker_service.webhooks import WebhookSender
+from tracker_service.zones import (LineCount, LineSpec, StreamZones, ZoneCount, ZoneEvent,
+                                   ZoneLimits, ZoneSpec, build_zones)
 
 if TYPE_CHECKING:
     from tracker_service.reid_client import TritonEmbedder
@@ -49,6 +58,8 @@ if TYPE_CHECKING:
 # The request's image bytes, read only once the request is admitted: a request refused for
 # load or for a stale frame costs no upload.
 ImageSource = Callable[[], Awaitable[bytes]]
+
+zone_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,13 +74,18 @@ class TrackedFrame:
     frame: int
     detections: Detections
     tracks: np.ndarray  # [M, 9] tracking.OUT_* columns
+    # The stream's zones and lines after this frame (empty when it has none), and the events
+    # this frame caused.
+    zones: list[ZoneCount] = field(default_factory=list)
+    lines: list[LineCount] = field(default_factory=list)
+    events: list[ZoneEvent] = field(default_factory=list)
 
 
 class DetectionService:
     def __init__(self, settings: GatewaySettings, client: DetectorClient,
                  routing: RoutingFollower, streams: StreamRegistry,
                  embedder: Embedder | TritonEmbedder, drift: DriftSampler | None,
-                 metrics: GatewayMetrics) -> None:
+                 metrics: GatewayMetrics, webhooks: WebhookSender | None = None) -> None:
         self.settings = settings
         self.client = client
         self.routing = routing
@@ -77,6 +93,10 @@ class DetectionService:
         self.embedder = embedder
         self.drift = drift
         self.metrics = metrics
+        self.webhooks = webhooks
+        # A stream deleted or evicted (also by the registry itself, to make room) takes its
+        # zones' series with it.
+        streams.on_drop = metrics.zones.forget
         self.recorder = RequestRecorder(metrics)
         self.pipeline = DetectionPipeline(settings, client, self.recorder)
 
@@ -96,13 +116,94 @@ class DetectionService:
             with self.recorder.tracking(stream_id, self.streams.tracker_name) as step:
                 embeddings = await self._embed(d) if self.streams.needs_embeddings else None
                 stream = await turn()
+                self._check_zones_fit(stream, d.width, d.height)
                 tracks = stream.tracker.update(d.as_array(), embeddings)
                 step.tracks(len(tracks))
+                stream.frame_size = (d.width, d.height)
+                tracked = self._zone_events(stream, TrackedFrame(stream_id, frame_no, d, tracks))
             stream.frames_applied += 1
             stream.tracks_reported = len(tracks)
             d.timings_ms["track"] = round(step.seconds * 1000, 3)
         self.recorder.streams(self.streams)
-        return TrackedFrame(stream_id, frame_no, d, tracks)
+        return tracked
+
+    def set_zones(self, stream_id: str, zones: list[ZoneSpec],
+                  lines: list[LineSpec]) -> StreamZones:
+        """Replace a stream's zones and lines (their counts start again from 0); InvalidRequest
+        names a problem with them, StreamNotFound when the stream has had no frame yet. When
+        the stream's frame size is not known yet (its first frame still in flight), points are
+        checked against the first frame's size (`_check_zones_fit`)."""
+        stream = self.streams.get(stream_id)
+        s = self.settings
+        state = build_zones(
+            zones, lines, ZoneLimits(s.zone_max_zones, s.zone_max_lines, s.zone_max_points,
+                                     s.max_stream_id_length),
+            stream_frame_rate(stream.frame_rate), stream.frame_size,
+            min_frames=s.zone_min_frames, absent_s=s.zone_absent_s)
+        stream.zones = state
+        self.metrics.zones.configure(stream_id, [z.id for z in state.zone_specs],
+                                     [ln.id for ln in state.line_specs])
+        zone_log.info("zones of stream %s set: %d zones, %d lines", stream_id,
+                      len(state.zones), len(state.lines),
+                      extra={"event": "zones_set", "stream_id": stream_id,
+                             "zones": [z.id for z in state.zone_specs],
+                             "lines": [ln.id for ln in state.line_specs]})
+        return state
+
+    def stream_zones(self, stream_id: str) -> StreamZones | None:
+        """A stream's zones and lines, None when it has none (StreamNotFound: no stream)."""
+        return self.streams.get(stream_id).zones
+
+    def clear_zones(self, stream_id: str) -> None:
+        self.streams.get(stream_id).zones = None
+        self.metrics.zones.forget(stream_id)
+
+    def _check_zones_fit(self, stream: Stream, width: int, height: int) -> None:
+        """Zones set before the stream's frame size was known are checked at its first frame:
+        when a point lies outside, that frame is refused with 422 naming the zone or line (its
+        tracker is not updated) and the zones are removed, so the next frames go on without
+        them until the client sets zones that fit."""
+        if stream.zones is None or stream.frame_size is not None:
+            return
+        problem = stream.zones.outside(width, height)
+        if problem is not None:
+            self.clear_zones(stream.stream_id)
+            zone_log.warning("zones of stream %s removed: %s", stream.stream_id,
+                             problem.message, extra={"event": "zones_removed",
+                                                     "stream_id": stream.stream_id})
+            raise problem
+
+    def _zone_events(self, stream: Stream, tracked: TrackedFrame) -> TrackedFrame:
+        """The frame's tracks through the stream's zones and lines: counts and events in the
+        result, in Prometheus, in the logs and to the webhooks."""
+        zones = stream.zones
+        if zones is None:
+            return tracked
+        events = zones.update(tracked.frame, tracked.tracks)
+        tracked.zones, tracked.lines, tracked.events = (zones.zone_counts(),
+                                                        zones.line_counts(), events)
+        self.metrics.zones.observe(stream.stream_id, events,
+                                   {c.id: c.occupancy for c in tracked.zones})
+        if not events:
+            return tracked
+        annotate(zone_events=len(events))
+        bodies = [e.as_dict() for e in events]
+        for e, body in zip(events, bodies):
+            zone_log.info("%s %s track %d", e.type, e.shape, e.track_id,
+                          extra={"event": e.type, "stream_id": stream.stream_id,
+                                 **{k: v for k, v in body.items() if k != "type"}})
+        if self.webhooks is not None and self.webhooks.enabled:
+            ctx = trace.get_current_span().get_span_context()
+            self.webhooks.send("zone_events", {
+                "stream_id": stream.stream_id, "frame": tracked.frame,
+                "t_s": events[0].t_s,
+                "trace_id": format(ctx.trace_id, "032x") if ctx.is_valid else "",
+                "events": bodies,
+                "zones": [{"id": c.id, "occupancy": c.occupancy, "entries": c.entries,
+                           "exits": c.exits} for c in tracked.zones],
+                "lines": [{"id": c.id, "in": c.inward, "out": c.outward}
+                          for c in tracked.lines]})
+        return tracked
 
     def forget(self, stream_id: str) -> None:
         """Drop a stream's tracker state (StreamNotFound if there is none)."""

@@ -65,3 +65,26 @@ class GatewaySettings:
     drift_flush_s: float = env("VG_GATEWAY_DRIFT_FLUSH_S", 5.0)
     drift_max_buffer: int = env("VG_GATEWAY_DRIFT_MAX_BUFFER", 2048)
     drift_post_timeout_s: float = env("VG_GATEWAY_DRIFT_POST_TIMEOUT_S", 2.0)
+    # Zones and lines per stream (tracker_service/zones.py): the most per stream, the most
+    # points per polygon; a change of side is confirmed after min_frames observations (jitter),
+    # and a track unseen for absent_s has left (keep it >= the tracker's lost-track buffer).
+    # Prometheus series per stream are bounded by max_streams x (max_zones + max_lines).
+    zone_max_zones: int = env("VG_GATEWAY_ZONE_MAX_ZONES", 16, "VG_ZONE_MAX_ZONES")
+    zone_max_lines: int = env("VG_GATEWAY_ZONE_MAX_LINES", 16, "VG_ZONE_MAX_LINES")
+    zone_max_points: int = env("VG_GATEWAY_ZONE_MAX_POINTS", 64, "VG_ZONE_MAX_POINTS")
+    zone_min_frames: int = env("VG_GATEWAY_ZONE_MIN_FRAMES", 2)
+    zone_absent_s: float = env("VG_GATEWAY_ZONE_ABSENT_S", 2.0)
+    # Signed webhooks for zone and line events (tracker_service/webhooks.py): comma-separated
+    # URLs (empty: none), the HMAC secret (required with URLs), a deadline per attempt, the
+    # queue bound per URL (the oldest is dropped when full) and retries per delivery. The
+    # VG_WEBHOOK_* names are shared with the control plane's notifications.
+    webhook_urls: str = env("VG_GATEWAY_WEBHOOK_URLS", "", "VG_WEBHOOK_URLS")
+    webhook_secret: str = env("VG_GATEWAY_WEBHOOK_SECRET", "", "VG_WEBHOOK_SECRET")
+    webhook_timeout_s: float = env("VG_GATEWAY_WEBHOOK_TIMEOUT_S", 5.0, "VG_WEBHOOK_TIMEOUT_S")
+    webhook_queue: int = env("VG_GATEWAY_WEBHOOK_QUEUE", 1000, "VG_WEBHOOK_QUEUE")
+    webhook_retries: int = env("VG_GATEWAY_WEBHOOK_RETRIES", 3, "VG_WEBHOOK_RETRIES")
+    webhook_backoff_s: float = env("VG_GATEWAY_WEBHOOK_BACKOFF_S", 0.5)
+
+    @property
+    def webhook_url_list(self) -> list[str]:
+        return [u.strip() for u in self.webhook_urls.split(",") if u.strip()]

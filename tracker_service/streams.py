@@ -3,7 +3,8 @@
 Frames of one stream may run detection concurrently (Triton batches them), but their tracker
 updates are applied strictly in frame order: a frame waits for every earlier admitted frame of
 its stream to be applied (or to fail). A frame not newer than the last admitted one is refused.
-Nothing is shared between streams.
+Nothing is shared between streams. A stream's zones and lines (zones.py) live in its state, so
+deleting or evicting the stream clears them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from tracker_service.errors import (FrameOutOfOrder, InvalidRequest, StreamNotFound,
                                      TooManyStreams)
 from tracker_service.tracking import Tracker, make_tracker, needs_embeddings, stream_frame_rate
+from tracker_service.zones import StreamZones
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 
@@ -41,6 +43,8 @@ class Stream:
     tracks_reported: int = 0
     pending: list[int] = field(default_factory=list)
     turn: asyncio.Condition = field(default_factory=asyncio.Condition)
+    zones: StreamZones | None = None  # set through PUT /v1/streams/{id}/zones
+    frame_size: tuple[int, int] | None = None  # (width, height) of its last applied frame
 
 
 class StreamRegistry:
@@ -53,6 +57,8 @@ class StreamRegistry:
         self.max_streams = max_streams
         self.max_id_length = max_id_length
         self.clock = clock
+        # Called with the id of each stream deleted or evicted (the service drops its series).
+        self.on_drop: Callable[[str], None] | None = None
         self._streams: dict[str, Stream] = {}
 
     def __len__(self) -> int:
@@ -68,8 +74,22 @@ class StreamRegistry:
         idle = [sid for sid, s in self._streams.items()
                 if not s.pending and now - s.last_seen > self.ttl_s]
         for sid in idle:
-            del self._streams[sid]
+            self._drop(sid)
         return idle
+
+    def _drop(self, stream_id: str) -> Stream | None:
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None and self.on_drop is not None:
+            self.on_drop(stream_id)
+        return stream
+
+    def get(self, stream_id: str) -> Stream:
+        """An active stream (StreamNotFound if none: a stream is created by its first frame)."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise StreamNotFound(f"no active stream {stream_id!r} (a stream starts with its "
+                                 "first frame)")
+        return stream
 
     def _get_or_create(self, stream_id: str, fps: float | None) -> Stream:
         stream = self._streams.get(stream_id)
@@ -92,7 +112,7 @@ class StreamRegistry:
         return stream
 
     def delete(self, stream_id: str) -> None:
-        if self._streams.pop(stream_id, None) is None:
+        if self._drop(stream_id) is None:
             raise StreamNotFound(f"no active stream {stream_id!r}")
 
     @asynccontextmanager
