@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated
 
 import msgspec
-from litestar import Litestar, MediaType, Request, Response, delete, get, post
+from litestar import Litestar, MediaType, Request, Response, delete, get, post, put
 from litestar.datastructures import State, UploadFile
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
@@ -25,6 +25,7 @@ from litestar.params import Parameter
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from tracker_service.decode import check_media_type
+from tracker_service.demo import demo_router
 from tracker_service.detection import DetectOptions, Detections
 from tracker_service.drift_sampler import DriftSampler
 from tracker_service.errors import GatewayError, InvalidRequest
@@ -39,6 +40,8 @@ from tracker_service.telemetry import (request_telemetry, setup_logging, setup_t
 from tracker_service.tracking import (OUT_AGE, OUT_CLASS, OUT_ID, OUT_SCORE, OUT_STATE,
                                       HistogramEmbedder, TrackState)
 from tracker_service.triton_client import DetectorClient
+from tracker_service.webhooks import WebhookSender
+from tracker_service.zones import LineSpec, StreamZones, ZoneSpec
 
 
 class Detection(msgspec.Struct):
@@ -131,6 +134,30 @@ class Track(msgspec.Struct):
     state: str  # tentative | confirmed | lost
 
 
+class ZoneCountBody(msgspec.Struct):
+    id: str
+    occupancy: int  # tracks inside now
+    entries: int
+    exits: int
+
+
+class LineCountBody(msgspec.Struct):
+    id: str
+    inward: int = msgspec.field(name="in")  # crossings from the line's right to its left
+    outward: int = msgspec.field(name="out")
+
+
+class ZoneEventBody(msgspec.Struct, kw_only=True, omit_defaults=True):
+    type: str  # zone_enter | zone_exit | line_cross
+    zone: str | None = None  # zone events
+    line: str | None = None  # line events
+    track_id: int
+    frame: int
+    t_s: float  # frame / the stream's frame rate
+    direction: str | None = None  # line_cross: in | out
+    dwell_s: float | None = None  # zone_exit: seconds inside
+
+
 class FrameResponse(msgspec.Struct):
     stream_id: str
     frame: int
@@ -139,6 +166,9 @@ class FrameResponse(msgspec.Struct):
     detections: list[Detection]
     tracks: list[Track]
     timings_ms: dict[str, float]
+    zones: list[ZoneCountBody]  # empty when the stream has no zones
+    lines: list[LineCountBody]
+    events: list[ZoneEventBody]  # what this frame's tracks did in them
 
 
 def tracks_body(tracks, names: dict[int, str]) -> list[Track]:
@@ -167,7 +197,88 @@ async def stream_frame(request: Request, service: DetectionService, stream_id: s
     d = t.detections
     return FrameResponse(stream_id, t.frame, ModelRef(d.model.name, d.model_version),
                          ImageSize(d.width, d.height), detections_body(d),
-                         tracks_body(t.tracks, d.model.names), d.timings_ms)
+                         tracks_body(t.tracks, d.model.names), d.timings_ms,
+                         [ZoneCountBody(c.id, c.occupancy, c.entries, c.exits) for c in t.zones],
+                         [LineCountBody(c.id, c.inward, c.outward) for c in t.lines],
+                         [msgspec.convert(e.as_dict(), ZoneEventBody) for e in t.events])
+
+
+class ZoneIn(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    polygon: list[tuple[float, float]]  # [[x, y], ...] in the stream's frame pixels
+
+
+class LineIn(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    start: tuple[float, float]
+    end: tuple[float, float]
+
+
+class ZonesIn(msgspec.Struct, forbid_unknown_fields=True):
+    zones: list[ZoneIn] = []
+    lines: list[LineIn] = []
+
+
+class ZoneState(msgspec.Struct):
+    id: str
+    polygon: list[tuple[float, float]]
+    occupancy: int
+    entries: int
+    exits: int
+
+
+class LineState(msgspec.Struct):
+    id: str
+    start: tuple[float, float]
+    end: tuple[float, float]
+    inward: int = msgspec.field(name="in")
+    outward: int = msgspec.field(name="out")
+
+
+class ZonesResponse(msgspec.Struct):
+    stream_id: str
+    zones: list[ZoneState]
+    lines: list[LineState]
+
+
+def zones_body(stream_id: str, state: StreamZones | None) -> ZonesResponse:
+    if state is None:
+        return ZonesResponse(stream_id, [], [])
+    zones = [ZoneState(z.id, list(z.polygon), c.occupancy, c.entries, c.exits)
+             for z, c in zip(state.zone_specs, state.zone_counts())]
+    lines = [LineState(ln.id, ln.start, ln.end, c.inward, c.outward)
+             for ln, c in zip(state.line_specs, state.line_counts())]
+    return ZonesResponse(stream_id, zones, lines)
+
+
+@put("/v1/streams/{stream_id:str}/zones", status_code=200, summary="Set a stream's zones and lines",
+     description="Body: {\"zones\": [{\"id\", \"polygon\": [[x, y], ...]}], \"lines\": "
+                 "[{\"id\", \"start\": [x, y], \"end\": [x, y]}]} in the frame's pixels. "
+                 "Replaces the stream's zones and lines and starts their counts from 0. 422 "
+                 "names a problem (self-intersecting polygon, too few or many points, too "
+                 "many zones, a point outside the frame, a duplicate id, a zero-length line); "
+                 "404 when the stream has had no frame yet.")
+async def put_zones(request: Request, service: DetectionService,
+                    stream_id: str) -> ZonesResponse:
+    try:
+        body = msgspec.json.decode(await request.body(), type=ZonesIn)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequest(f"zones body: {exc}", problem="invalid_body") from None
+    state = service.set_zones(
+        stream_id, [ZoneSpec(z.id, tuple(z.polygon)) for z in body.zones],
+        [LineSpec(ln.id, ln.start, ln.end) for ln in body.lines])
+    return zones_body(stream_id, state)
+
+
+@get("/v1/streams/{stream_id:str}/zones", summary="A stream's zones and lines, with counts")
+async def get_zones(service: DetectionService, stream_id: str) -> ZonesResponse:
+    return zones_body(stream_id, service.stream_zones(stream_id))
+
+
+@delete("/v1/streams/{stream_id:str}/zones", status_code=204,
+        summary="Remove a stream's zones and lines")
+async def delete_zones(service: DetectionService, stream_id: str) -> None:
+    service.clear_zones(stream_id)
 
 
 @delete("/v1/streams/{stream_id:str}", status_code=204, summary="Forget a stream's tracks")
@@ -266,13 +377,21 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
         embedder = make_embedder(settings)
         routing = RoutingFollower(settings, gateway_metrics)
         await routing.start()
+        webhooks = WebhookSender(
+            settings.webhook_url_list, settings.webhook_secret,
+            timeout_s=settings.webhook_timeout_s, queue_size=settings.webhook_queue,
+            retries=settings.webhook_retries, backoff_s=settings.webhook_backoff_s,
+            on_outcome=lambda outcome: gateway_metrics.webhooks.labels(outcome).inc(),
+            user_agent="visionguard-gateway")
+        await webhooks.start()
         app.state.service = DetectionService(settings, client, routing, streams, embedder, drift,
-                                             gateway_metrics)
+                                             gateway_metrics, webhooks)
         evictor = asyncio.create_task(evict_idle_streams(app.state.service))
         try:
             yield
         finally:
             evictor.cancel()
+            await webhooks.close()
             await drift.close()
             await routing.close()
             if hasattr(embedder, "close"):
@@ -280,7 +399,8 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
             await client.close()
 
     app = Litestar(
-        route_handlers=[detect, stream_frame, delete_stream, healthz, readyz, metrics],
+        route_handlers=[detect, stream_frame, delete_stream, put_zones, get_zones, delete_zones,
+                        healthz, readyz, metrics, demo_router()],
         dependencies={"service": Provide(provide_service, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers={
