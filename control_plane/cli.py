@@ -14,23 +14,31 @@ from rich.console import Console
 from control_plane.datasets.commands import app as data_app
 from control_plane.drift.commands import app as drift_app
 from control_plane.errors import ControlPlaneError
+from control_plane.evaluation.commands import app as eval_app
 from control_plane.logs.commands import app as logs_app
 from control_plane.perf.commands import app as perf_app
 from control_plane.releases.commands import app as models_app
 from control_plane.settings import Settings
 from control_plane.stack.commands import app as stack_app
 from control_plane.stack.commands import serve_app
-from control_plane.training.commands import app as training_app
+from control_plane.streaming.commands import app as stream_app
+from control_plane.evaluation.coco import evaluate_and_log
+from control_plane.training.commands import make_app as training_commands
 from tracker_service.track_commands import app as track_app
 
 app = typer.Typer(help="VisionGuard: Triton-backed detection and tracking.", no_args_is_help=True)
+# `train --data` scores the trained model with Ultralytics' validator and the COCO evaluator;
+# training cannot import evaluation (a layer above it), so the CLI hands it in.
+training_app = training_commands(evaluate=evaluate_and_log)
 app.registered_commands += stack_app.registered_commands + training_app.registered_commands
+app.registered_commands += stream_app.registered_commands
 app.add_typer(serve_app, name="serve")
 app.add_typer(perf_app, name="perf")
 app.add_typer(models_app, name="models")
 app.add_typer(drift_app, name="drift")
 app.add_typer(logs_app, name="logs")
 app.add_typer(data_app, name="data")
+app.add_typer(eval_app, name="eval")
 app.add_typer(track_app, name="track", help="Evaluate and render trackers.")
 
 

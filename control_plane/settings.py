@@ -49,6 +49,13 @@ class Settings:
     default_weights: str = env("VG_WEIGHTS", "bootstrap")
     imgsz: int = env("VG_IMGSZ", 640)
     startup_timeout_s: float = env("VG_STARTUP_TIMEOUT_S", 180.0)
+    # `up` restarts a child that exits on its own after restart_backoff_s, doubled per recent
+    # restart up to restart_max_backoff_s; the (restart_max + 1)th exit within
+    # restart_window_s stops the stack (it is not going to get better by itself).
+    restart_backoff_s: float = env("VG_RESTART_BACKOFF_S", 1.0)
+    restart_max_backoff_s: float = env("VG_RESTART_MAX_BACKOFF_S", 30.0)
+    restart_max: int = env("VG_RESTART_MAX", 5)
+    restart_window_s: float = env("VG_RESTART_WINDOW_S", 300.0)
 
     # MLflow tracking and registry; empty: SQLite under runtime_dir (see training.mlflow_store).
     mlflow_tracking_uri: str = env("VG_MLFLOW_TRACKING_URI", "")
@@ -71,6 +78,12 @@ class Settings:
     checkpoint_roots_value: str = env("VG_CHECKPOINT_ROOTS", "")
 
     @property
+    def status_file(self) -> Path:
+        """`up`'s state file (phase, children, restarts): the gateway's /readyz and the control
+        plane's /metrics read it; the gateway finds it through VG_GATEWAY_STATUS_FILE."""
+        return self.runtime_dir / "status.json"
+
+    @property
     def checkpoint_roots(self) -> tuple[Path, ...]:
         return tuple(Path(p).expanduser().resolve()
                      for p in self.checkpoint_roots_value.split(os.pathsep) if p.strip())
@@ -80,6 +93,19 @@ class Settings:
     # candidate's input size) at most this budget.
     gate_map_tolerance: float = env("VG_GATE_MAP_TOLERANCE", 0.02)
     gate_p95_ms: float = env("VG_GATE_P95_MS", 500.0)
+    # The optional robustness gate (control_plane/evaluation/robustness.py), off unless
+    # VG_GATE_ROBUSTNESS_DATA names a dataset (NAME or NAME@VERSION): a candidate's mean ratio
+    # of corrupted to clean mAP50-95 may be at most this margin below the champion's on that
+    # dataset's validation split (at most max_images of its images, 0: all; these
+    # comma-separated corruptions and severities, empty: all).
+    gate_robustness_data: str = env("VG_GATE_ROBUSTNESS_DATA", "")
+    gate_robustness_margin: float = env("VG_GATE_ROBUSTNESS_MARGIN", 0.05)
+    gate_robustness_max_images: int = env("VG_GATE_ROBUSTNESS_MAX_IMAGES", 150)
+    gate_robustness_corruptions: str = env("VG_GATE_ROBUSTNESS_CORRUPTIONS", "")
+    gate_robustness_severities: str = env("VG_GATE_ROBUSTNESS_SEVERITIES", "")
+    # Worker processes the robustness suite runs its jobs in, one torch thread each; 0: one
+    # per core this process may use.
+    robustness_workers: int = env("VG_ROBUSTNESS_WORKERS", 0)
     # Raw-output parity between Triton's version and onnxruntime on the registered ONNX, on
     # the golden images: max |diff| <= this x the output's range.
     parity_rtol: float = env("VG_PARITY_RTOL", 0.001)
@@ -127,6 +153,29 @@ class Settings:
     llm_model: str = env("VG_LLM_MODEL", "")
     llm_api_key: str = env("VG_LLM_API_KEY", "")
     llm_timeout_s: float = env("VG_LLM_TIMEOUT_S", 60.0)
+
+    # `visionguard stream` (control_plane/streaming/). The gateway it posts frames to (empty:
+    # http://host:gateway_port) and a bearer token it presents when set (for a gateway behind
+    # an authenticating proxy; the gateway itself checks none).
+    gateway_url_override: str = env("VG_GATEWAY_URL", "")
+    gateway_token: str = env("VG_GATEWAY_TOKEN", "")
+    # At most this many frames posted and not yet answered; a frame due while all are busy is
+    # dropped (counted), never queued.
+    stream_max_in_flight: int = env("VG_STREAM_MAX_IN_FLIGHT", 2)
+    # A lost or stalled network source (or webcam) is reopened up to this many times in a row,
+    # after backoff_s, doubled per attempt up to backoff_max_s; a source with no data for
+    # stall_timeout_s counts as stalled; opening gives up after open_timeout_s.
+    stream_reconnect_attempts: int = env("VG_STREAM_RECONNECT_ATTEMPTS", 5)
+    stream_reconnect_backoff_s: float = env("VG_STREAM_RECONNECT_BACKOFF_S", 0.5)
+    stream_reconnect_backoff_max_s: float = env("VG_STREAM_RECONNECT_BACKOFF_MAX_S", 10.0)
+    stream_stall_timeout_s: float = env("VG_STREAM_STALL_TIMEOUT_S", 10.0)
+    stream_open_timeout_s: float = env("VG_STREAM_OPEN_TIMEOUT_S", 10.0)
+    # One frame's request, answer included; past it the frame counts as failed.
+    stream_request_timeout_s: float = env("VG_STREAM_REQUEST_TIMEOUT_S", 30.0)
+
+    @property
+    def gateway_url(self) -> str:
+        return self.gateway_url_override or f"http://{self.host}:{self.gateway_port}"
 
     def __post_init__(self) -> None:
         if self.model_repository is None:
@@ -181,6 +230,18 @@ class Settings:
     @property
     def datasets_dir(self) -> Path:
         return Path(self.datasets_dir_override or self.runtime_dir / "datasets")
+
+    # Release reports (control_plane/reports/). Sample detections are drawn on this many
+    # validation images, at this confidence; a run artifact larger than this many MiB (a
+    # metrics JSON, a picture, the ONNX the samples run) is named in the report, not read.
+    reports_sample_images: int = env("VG_REPORTS_SAMPLE_IMAGES", 4)
+    reports_sample_conf: float = env("VG_REPORTS_SAMPLE_CONF", 0.25)
+    reports_max_artifact_mb: float = env("VG_REPORTS_MAX_ARTIFACT_MB", 64.0)
+
+    @property
+    def reports_dir(self) -> Path:
+        """Where `visionguard models report N` writes when no --out is given."""
+        return self.runtime_dir / "reports"
 
     # Tracing (tracker_service/telemetry.py, control_plane/logs/receiver.py). The control plane
     # receives OTLP/HTTP spans at POST /v1/traces and writes them as JSON lines to

@@ -343,6 +343,12 @@ def test_every_child_killed_under_load_comes_back_and_nothing_is_lost(faulted, s
     for name in ("triton", "control-plane", "gateway", "mlflow"):
         assert restarted[name]["exit_code"] == -signal.SIGKILL
         assert restarted[name]["attempt"] >= 1
+    # ... and as a metric: the control plane exports the supervisor's restart counts.
+    scrape = httpx.get(f"{s.control_url}/metrics", timeout=10).text
+    for name, kills in (("triton", 1), ("control-plane", 2), ("gateway", 1), ("mlflow", 1)):
+        line = f'visionguard_stack_child_restarts_total{{child="{name}"}} '
+        counts = [float(x.split()[-1]) for x in scrape.splitlines() if x.startswith(line)]
+        assert counts and counts[0] >= kills, (name, counts)
     assert status(s)["ready"] is True
     assert durable_state(f) == before
 

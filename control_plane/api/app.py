@@ -95,5 +95,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
     setup_logging("control-plane")  # after Litestar(): it installs a root handler of its own
     app.state.settings = settings
     app.state.tokens = TokenStore(settings.tokens_file)
-    app.state.metrics = ControlPlaneMetrics()
+    app.state.metrics = ControlPlaneMetrics(status_file=settings.status_file)
     return app

@@ -6,13 +6,47 @@ Grafana dashboards' queries are checked against a scrape of it).
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+class StackStatusCollector(Collector):
+    """The supervisor's view of `up`'s children, read from its status file at each scrape: the
+    supervisor runs in `up`, not in this process, and the file survives this process's own
+    restarts. No file (a cluster, where the kubelet restarts pods): no series."""
+
+    def __init__(self, status_file: Path) -> None:
+        self.status_file = status_file
+
+    def collect(self):
+        try:
+            children = json.loads(self.status_file.read_text()).get("children", {})
+        except (OSError, ValueError):
+            return
+        restarts = CounterMetricFamily(
+            "visionguard_stack_child_restarts",
+            "Restarts of each child of `visionguard up` by its supervisor", labels=["child"])
+        running = GaugeMetricFamily(
+            "visionguard_stack_child_running",
+            "1 while the child of `visionguard up` runs, 0 while it waits to restart or failed",
+            labels=["child"])
+        for name, child in sorted(children.items()):
+            restarts.add_metric([name], float(child.get("restarts", 0)))
+            running.add_metric([name], 1.0 if child.get("state") == "running" else 0.0)
+        yield restarts
+        yield running
 
 
 class ControlPlaneMetrics:
-    def __init__(self) -> None:
+    def __init__(self, status_file: Path | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        if status_file is not None:
+            r.register(StackStatusCollector(status_file))
         self.api_errors = Counter(
             "visionguard_control_api_errors_total", "API calls refused, by error code",
             ["code"], registry=r)

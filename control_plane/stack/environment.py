@@ -41,8 +41,12 @@ LOCK_PYTHON = "3.11"
 LOCK_PLATFORM = "x86_64-manylinux_2_36"
 LOCK_COMMAND = "python3 -m control_plane.stack.environment lock"
 # libb64-0d: perf_analyzer links against libb64.so.0d. prometheus: promtool checks the alert rules
-# and a real Prometheus scrapes the stack in the tests.
-DEBIAN_PACKAGES = ("libb64-0d", "prometheus")
+# and a real Prometheus scrapes the stack in the tests. libpango-1.0-0, libpangoft2-1.0-0:
+# WeasyPrint lays out the release report's PDF with pango (control_plane/reports).
+DEBIAN_PACKAGES = ("libb64-0d", "prometheus", "libpango-1.0-0", "libpangoft2-1.0-0")
+# chromium: the demo page's tests drive a real headless browser (tests/test_demo_page.py). Only
+# the `test` command installs it (reexec_in_venv), so `up` never pulls a browser.
+TEST_DEBIAN_PACKAGES = ("chromium",)
 
 
 def _stamp_value() -> str:
@@ -61,9 +65,9 @@ def _run(cmd: list[str], **kwargs) -> None:
     subprocess.run(cmd, check=True, **kwargs)
 
 
-def _missing_debian_packages() -> list[str]:
+def _missing_debian_packages(packages: tuple[str, ...]) -> list[str]:
     missing = []
-    for pkg in DEBIAN_PACKAGES:
+    for pkg in packages:
         probe = subprocess.run(
             ["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True
         )
@@ -72,15 +76,16 @@ def _missing_debian_packages() -> list[str]:
     return missing
 
 
-def install_debian_packages() -> None:
+def install_debian_packages(packages: tuple[str, ...] = DEBIAN_PACKAGES) -> None:
     if not shutil.which("dpkg-query"):
         return
-    missing = _missing_debian_packages()
+    missing = _missing_debian_packages(packages)
     if not missing:
         return
     if os.geteuid() != 0:
         print(f"warning: Debian packages {missing} are missing and we are not root: "
-              "perf_analyzer and promtool will not run until they are installed", file=sys.stderr)
+              "what needs them (perf_analyzer, promtool, the browser tests) will not run until "
+              "they are installed", file=sys.stderr)
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     _run(["apt-get", "update", "-qq"], env=env)
@@ -224,6 +229,8 @@ def lock(upgrade: bool = False) -> None:
 
 
 def reexec_in_venv(argv: list[str]) -> None:
+    if argv[:1] == ["test"]:  # one apt-get run for both sets; ensure_environment then finds none
+        install_debian_packages(DEBIAN_PACKAGES + TEST_DEBIAN_PACKAGES)
     python = ensure_environment()
     env = {**os.environ, "VIRTUAL_ENV": str(VENV),
            "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}

@@ -32,15 +32,14 @@ from control_plane.stack.supervisor import RestartPolicy, StatusFile, Supervisor
 SEEDED_WARNING = ("[yellow]warning:[/] serving a seeded model built from {w}: its weights are "
                   "random and its detections mean nothing. Pass --weights a checkpoint (for "
                   "example yolov8n.pt on a connected machine) for real detections.")
-# A child that exits is restarted after 1, 2, 4 ... 30 s; the 6th exit within 5 minutes stops
-# the stack (it is not going to get better by itself).
-RESTART_POLICY = RestartPolicy(backoff_s=1.0, max_backoff_s=30.0, max_restarts=5,
-                               window_s=300.0)
 
 
-def status_path(settings: Settings) -> Path:
-    """`up`'s state file: the gateway finds it through VG_GATEWAY_STATUS_FILE."""
-    return settings.runtime_dir / "status.json"
+def restart_policy(settings: Settings) -> RestartPolicy:
+    """A child that exits is restarted after 1, 2, 4 ... 30 s (by default); the 6th exit within
+    5 minutes stops the stack. VG_RESTART_* change it."""
+    return RestartPolicy(backoff_s=settings.restart_backoff_s,
+                         max_backoff_s=settings.restart_max_backoff_s,
+                         max_restarts=settings.restart_max, window_s=settings.restart_window_s)
 
 
 def ensure_model(settings: Settings, weights: str | None, console: Console,
@@ -109,7 +108,7 @@ def bootstrap_checkpoint(settings: Settings, console: Console,
 
     result = train_bootstrap(settings.bootstrap_dir, tracking_uri=store_for(settings).tracking_uri,
                              registered_name=settings.model_name, progress=on_progress,
-                             threads="idle")
+                             threads="idle", settings=settings)
     console.print(f"[green]trained[/] the bootstrap detector in {result.train_s / 60:.1f} min: "
                   f"mAP50 {result.metrics['val_mAP50']:.3f}, mAP50-95 "
                   f"{result.metrics['val_mAP50-95']:.3f} on {result.eval_dataset}; registered "
@@ -151,7 +150,7 @@ def gateway_env(settings: Settings, token: str = "") -> dict[str, str]:
             "VG_GATEWAY_CONTROL_URL": settings.control_url,
             "VG_GATEWAY_CONTROL_TOKEN": token,
             # /readyz reads why the stack is not ready yet (training, Triton restarting) here.
-            "VG_GATEWAY_STATUS_FILE": str(status_path(settings))}
+            "VG_GATEWAY_STATUS_FILE": str(settings.status_file)}
 
 
 # Idle keep-alive connections to the control plane stay open this long. uvicorn's default
@@ -342,10 +341,10 @@ def run_up(settings: Settings, weights: str | None, console: Console) -> int:
     """Start the control plane, the MLflow UI and the gateway, make the model ready (training
     the bootstrap detector on a first run), then Triton; supervise them until Ctrl-C or SIGTERM
     (or a child that keeps failing); stop them all."""
-    status = StatusFile(status_path(settings))
+    status = StatusFile(settings.status_file)
     # A child that fails for good interrupts the main thread wherever it is (waiting, or
     # training the bootstrap detector for minutes), as Ctrl-C would; `_run` tells them apart.
-    supervisor = Supervisor(settings.runtime_dir / "logs", RESTART_POLICY, status,
+    supervisor = Supervisor(settings.runtime_dir / "logs", restart_policy(settings), status,
                             on_give_up=lambda _reason: _thread.interrupt_main())
     handlers = _log_events(settings, console)
     # SIGTERM (and SIGINT even where a parent shell ignores it) ends `up` like Ctrl-C does.
