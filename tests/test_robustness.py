@@ -262,30 +262,21 @@ def test_gate_passes_an_equal_candidate_and_refuses_a_less_robust_one(world, tra
     assert detail["mean_ratio"] == pytest.approx(detail["champion_mean_ratio"], abs=1e-4)
     assert registry.get(same).tags["robustness_dataset"] == dataset.ref
 
-    fragile = register(settings, fragile_checkpoint(trained_checkpoint, root / "fragile.pt"),
-                       root / "fragile")
+    # A less robust candidate as `visionguard eval robustness --version` leaves it: its record
+    # of this very suite, with a mean ratio 0.2 below the champion's. (A model made less robust
+    # on purpose does not stay so across checkpoints: lowering the stem's batch-norm bias was
+    # refused with one session's detector and passed with another's in CI; weight noise even
+    # raises the ratio, since it lowers clean mAP as much as corrupted.)
     registry, ctx = gate_context(settings, champion)  # as the promoter builds it, per candidate
+    suite_tag = f"robustness/{dataset.ref.replace('@', '/')}"
+    record = json.loads(registry.get(champion).tags[suite_tag])
+    record["mean_ratio"] = round(record["mean_ratio"] - 0.2, 6)
+    weaker = register(settings, trained_checkpoint, root / "weaker")
+    registry.tag_version(weaker, **{suite_tag: json.dumps(record)})
     with pytest.raises(CandidateRejected, match="robustness gate") as info:
-        robustness(registry.get(fragile), ctx)
+        robustness(registry.get(weaker), ctx)
     detail = info.value.details
+    assert detail["candidate"] == "recorded", "the candidate's record of this suite is reused"
     assert detail["mean_ratio"] < detail["champion_mean_ratio"] - 0.05, detail
     assert detail["champion"] == champion and detail["reference"] == "recorded", \
         "the champion's result for this suite is reused, not measured again"
-
-
-def fragile_checkpoint(src: Path, dst: Path, threshold: float = 0.5) -> Path:
-    """The detector with a stem that drops weak responses: the first layer's batch-norm bias
-    lowered by `threshold` of its scale, so SiLU passes only strong edges. Clean images (high
-    contrast) keep most of their features; low-contrast, blurred, hazy or brightened ones lose
-    theirs: a model that is less robust by construction (weight noise is not: it lowers clean
-    mAP as much as corrupted, and the ratio with it; measured 0.49 against 0.42)."""
-    import torch
-
-    from export.checkpoint import yolo_from_checkpoint
-
-    yolo = yolo_from_checkpoint(src)
-    bn = yolo.model.model[0].bn
-    with torch.no_grad():
-        bn.bias.sub_(threshold * bn.weight.abs())
-    yolo.save(dst)
-    return dst

@@ -2,8 +2,7 @@
 logged once as the input of a run in the `visionguard-datasets` experiment, and the inputs a
 training run logs so it names the exact data it saw.
 
-The entities have the shape `control_plane.training.train._log_datasets` logs today: the
-dataset's name, the first 36 hex digits of its content hash as digest, source type `local` with
+Each entity carries the dataset's name, the first 36 hex digits of its content hash as digest, source type `local` with
 the version folder's URI, context `training` for the whole and `evaluation` for `NAME/val`.
 """
 
