@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from multiprocessing import get_context
@@ -44,6 +43,7 @@ from control_plane.datasets.store import DatasetStore  # noqa: E402
 from control_plane.datasets.validate import validate  # noqa: E402
 from control_plane.settings import Settings  # noqa: E402
 from control_plane.datasets import synthetic_data  # noqa: E402
+from bench.machine import cpu_model  # noqa: E402
 
 SEED = 11
 VAL_EVERY = 5  # every 5th image is val: 20%
@@ -105,15 +105,6 @@ def generate(work: Path, n: int, size: int, render: int, console: Console) -> Pa
             {"images": images, "annotations": anns, "categories": cats}))
     (src / "done").write_text(f"{time.monotonic() - t0:.1f} s\n")
     return src
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                    if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 def main() -> None:

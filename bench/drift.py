@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from bench.machine import cpu_model  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -181,7 +182,7 @@ def main() -> None:
         "live_seed": LIVE_SEED, "false_alarms": false_alarms,
         "false_alarms_first_20_windows": first20, "power": power,
         "seconds": {"false_alarms": round(fa_s, 1), "power": round(power_s, 1)},
-        "machine": {"python": platform.python_version(), "processor": platform.processor()},
+        "machine": {"python": platform.python_version(), "processor": cpu_model()},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if args.report is not None:

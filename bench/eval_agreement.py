@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,15 +38,7 @@ from control_plane.datasets.store import DatasetStore  # noqa: E402
 from control_plane.datasets.synthetic import import_synthetic, synthetic_version  # noqa: E402
 from control_plane.evaluation.coco import AGREEMENT_POINTS, evaluate_version  # noqa: E402
 from control_plane.settings import Settings  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines()
-                    if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
+from bench.machine import cpu_model  # noqa: E402
 
 
 def champion_checkpoint(settings: Settings, work: Path) -> tuple[Path, str]:

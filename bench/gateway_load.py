@@ -51,8 +51,13 @@ def percentiles(latencies: list[float]) -> dict[str, float]:
 
 
 async def gateway_level(url: str, image: bytes, concurrency: int, duration: float,
-                        warmup: float) -> dict:
+                        warmup: float, timings: bool = False) -> dict:
+    """`concurrency` clients posting `image` for `duration` seconds after `warmup`: images/s,
+    each successful request's latency (s) and the error count. With `timings`, also each
+    successful response's `timings_ms` (the gateway's own stages), in the latencies' order;
+    off by default, as parsing every body takes the client's CPU from the load it makes."""
     latencies: list[float] = []
+    stages: list[dict[str, float]] = []
     errors = 0
     async with httpx.AsyncClient(base_url=url, timeout=60,
                                  limits=httpx.Limits(max_connections=concurrency)) as client:
@@ -65,6 +70,8 @@ async def gateway_level(url: str, image: bytes, concurrency: int, duration: floa
                 if record:
                     if r.status_code == 200:
                         latencies.append(time.perf_counter() - t)
+                        if timings:
+                            stages.append(r.json()["timings_ms"])
                     else:
                         errors += 1
 
@@ -73,7 +80,10 @@ async def gateway_level(url: str, image: bytes, concurrency: int, duration: floa
         start = time.perf_counter()
         await asyncio.gather(*[worker(start + duration, True) for _ in range(concurrency)])
         elapsed = time.perf_counter() - start
-    return {"images_per_s": len(latencies) / elapsed, "latencies": latencies, "errors": errors}
+    result = {"images_per_s": len(latencies) / elapsed, "latencies": latencies, "errors": errors}
+    if timings:
+        result["timings_ms"] = stages
+    return result
 
 
 def timed_loop(fn, duration: float, warmup: float) -> dict:

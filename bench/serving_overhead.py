@@ -43,6 +43,8 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.gateway_load import gateway_level  # noqa: E402
+from bench.machine import cpu_model  # noqa: E402
 from control_plane.settings import Settings  # noqa: E402
 from control_plane.stack.supervisor import Supervisor  # noqa: E402
 from control_plane.stack.up import start_stack  # noqa: E402
@@ -94,38 +96,6 @@ def in_process_window(image: bytes, imgsz: int, run, duration: float) -> dict[st
                           "nms": (t3, t4), "total": (t0, t4)}.items():
             stages[k].append((b - a) * 1000)
     return stages
-
-
-async def gateway_window(url: str, image: bytes, concurrency: int, duration: float,
-                         warmup: float) -> dict:
-    latencies: list[float] = []
-    stages: dict[str, list[float]] = {k: [] for k in GATEWAY_STAGES}
-    errors = 0
-    async with httpx.AsyncClient(base_url=url, timeout=60,
-                                 limits=httpx.Limits(max_connections=concurrency)) as client:
-        async def worker(stop_at: float, record: bool) -> None:
-            nonlocal errors
-            while time.perf_counter() < stop_at:
-                t = time.perf_counter()
-                r = await client.post("/v1/detect", content=image,
-                                      headers={"content-type": "image/jpeg"})
-                if not record:
-                    continue
-                if r.status_code != 200:
-                    errors += 1
-                    continue
-                latencies.append((time.perf_counter() - t) * 1000)
-                timings = r.json()["timings_ms"]
-                for k in GATEWAY_STAGES:
-                    stages[k].append(float(timings.get(k, 0.0)))
-
-        await asyncio.gather(*[worker(time.perf_counter() + warmup, False)
-                               for _ in range(concurrency)])
-        start = time.perf_counter()
-        await asyncio.gather(*[worker(start + duration, True) for _ in range(concurrency)])
-        elapsed = time.perf_counter() - start
-    return {"images_per_s": len(latencies) / elapsed, "latency": latencies, "stages": stages,
-            "errors": errors}
 
 
 def triton_stats(settings: Settings) -> dict[str, int]:
@@ -195,14 +165,16 @@ def measure_size(args, imgsz: int, image: bytes) -> dict:
                     progress.advance(task)
                     for n in args.levels:
                         before = triton_stats(settings)
-                        w = asyncio.run(gateway_window(url, image, n, args.window, args.warmup))
+                        w = asyncio.run(gateway_level(url, image, n, args.window, args.warmup,
+                                                      timings=True))
                         after = triton_stats(settings)
                         g = gateway[n]
-                        g["latency"] += w["latency"]
+                        g["latency"] += [seconds * 1000 for seconds in w["latencies"]]
                         g["rates"].append(w["images_per_s"])
                         g["errors"] += w["errors"]
-                        for k in GATEWAY_STAGES:
-                            g["stages"][k] += w["stages"][k]
+                        for timings in w["timings_ms"]:
+                            for k in GATEWAY_STAGES:
+                                g["stages"][k].append(float(timings.get(k, 0.0)))
                         g["triton"].append(per_request_ms(before, after))
                         progress.advance(task)
     model_nms = median(inproc["model"]) + median(inproc["nms"])  # p50s, as the gateway's p50
@@ -289,7 +261,7 @@ def main() -> None:
     args = parser.parse_args()
     args.levels = [int(c) for c in args.concurrency.split(",")]
     image = args.image.read_bytes()
-    results = {"machine": {"processor": platform.processor() or platform.machine(),
+    results = {"machine": {"processor": cpu_model(), "architecture": platform.machine(),
                            "cpus": os.cpu_count(), "python": platform.python_version()},
                "image": args.image.name, "weights": args.weights, "runtime": args.runtime,
                "rounds": args.rounds, "window_s": args.window, "sizes": []}

@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from bench.machine import cpu_model  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -471,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     names = list(PRESETS)
     result: dict = {
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
-                    "processor": _cpu_model()},
+                    "processor": cpu_model()},
         "default": DEFAULT_TRACKER,
         "presets": {n: PRESETS[n][1] for n in names},
         "reference": REFERENCE,
@@ -551,14 +552,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

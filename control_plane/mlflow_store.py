@@ -84,3 +84,15 @@ def experiment_id(client, store: MlflowStore, name: str) -> str:
     if existing is not None:
         return existing.experiment_id
     return client.create_experiment(name, artifact_location=store.artifact_location)
+
+
+def model_aliases(client, name: str) -> dict[str, str]:
+    """The registered model `name`'s aliases, alias to version number; empty while the model
+    is not registered yet (a fresh store), which readers treat like a model with no aliases."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException:
+        return {}
+    return {a: str(v) for a, v in (registered.aliases or {}).items()}

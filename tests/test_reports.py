@@ -59,7 +59,8 @@ def released(stack):
     from control_plane.datasets.lineage import mlflow_inputs
     from control_plane.datasets.store import DatasetStore
     from control_plane.datasets.synthetic import import_synthetic
-    from control_plane.mlflow_store import CHAMPION, experiment_id, mlflow_client, store_for
+    from control_plane.mlflow_store import (CHAMPION, experiment_id, mlflow_client,
+                                             model_aliases, store_for)
     from control_plane.training.train import register_version
 
     settings = stack.settings
@@ -69,7 +70,7 @@ def released(stack):
     client = mlflow_client(store)
     served = settings.model_repository / settings.model_name / "1" / "model.onnx"
     exp = experiment_id(client, store, "visionguard-registry")
-    aliases_before = _aliases(client, settings.model_name)
+    aliases_before = model_aliases(client, settings.model_name)
 
     def register(tags: dict, artifacts: dict[str, dict], with_model: bool) -> tuple[str, str]:
         run_id = client.create_run(exp, run_name="report-test").info.run_id
@@ -97,7 +98,7 @@ def released(stack):
         "robustness/robustness.json": {
             "dataset": f"{dataset.ref}/val", "imgsz": 128, "clean_mAP50-95": 0.4321,
             "results": ROBUSTNESS_RESULTS, "mean_ratio": 0.8123}}, with_model=True)
-    champion = _aliases(client, settings.model_name).get(CHAMPION)
+    champion = model_aliases(client, settings.model_name).get(CHAMPION)
     assert champion == (aliases_before.get(CHAMPION) or first)  # the first version: champion
     tokens = TokenStore(settings.tokens_file)
     val = sorted(p.name for p in dataset.images_dir("val").iterdir())
@@ -105,15 +106,6 @@ def released(stack):
                    {"viewer": tokens.create("report-viewer", ["viewer"])})
     if CHAMPION not in aliases_before:  # leave the stack's routing as it was found
         client.delete_registered_model_alias(settings.model_name, CHAMPION)
-
-
-def _aliases(client, name: str) -> dict[str, str]:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return {a: str(v) for a, v in (client.get_registered_model(name).aliases or {}).items()}
-    except MlflowException:
-        return {}
 
 
 def section(html: str, title: str) -> str:

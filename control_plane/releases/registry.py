@@ -22,7 +22,7 @@ from pathlib import Path
 from control_plane.datasets.layout import file_sha256
 from control_plane.errors import ControlPlaneError, NotFound
 from control_plane.mlflow_store import (CHALLENGER, CHAMPION, experiment_id, mlflow_client,
-                                        store_for)
+                                        model_aliases, store_for)
 from control_plane.releases.audit import AuditLog
 from control_plane.settings import Settings
 from control_plane.training import train as training
@@ -115,15 +115,6 @@ class Registry:
 
     # --- reads ---------------------------------------------------------------------------------
 
-    def _aliases(self) -> dict[str, str]:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            registered = self.client.get_registered_model(self.name)
-        except MlflowException:
-            return {}
-        return {a: str(v) for a, v in (registered.aliases or {}).items()}
-
     def _info(self, mv, aliases: dict[str, str]) -> VersionInfo:
         return VersionInfo(
             name=self.name, version=str(mv.version),
@@ -132,7 +123,7 @@ class Registry:
             source=mv.source or "", description=mv.description or "", tags=dict(mv.tags or {}))
 
     def versions(self) -> list[VersionInfo]:
-        aliases = self._aliases()
+        aliases = model_aliases(self.client, self.name)
         found = self.client.search_model_versions(f"name='{self.name}'")
         return sorted((self._info(mv, aliases) for mv in found), key=lambda v: int(v.version))
 
@@ -143,10 +134,10 @@ class Registry:
             mv = self.client.get_model_version(self.name, str(version))
         except MlflowException:
             raise UnknownVersion(f"{self.name} has no version {version}") from None
-        return self._info(mv, self._aliases())
+        return self._info(mv, model_aliases(self.client, self.name))
 
     def alias(self, alias: str) -> str | None:
-        return self._aliases().get(alias)
+        return model_aliases(self.client, self.name).get(alias)
 
     def routing(self) -> Routing:
         from mlflow.exceptions import MlflowException
@@ -183,7 +174,7 @@ class Registry:
         self.client.set_registered_model_alias(self.name, alias, str(version))
 
     def delete_alias(self, alias: str) -> None:
-        if alias in self._aliases():
+        if alias in model_aliases(self.client, self.name):
             self.client.delete_registered_model_alias(self.name, alias)
 
     def set_canary_percent(self, percent: float) -> None:

@@ -25,7 +25,7 @@ from control_plane.datasets.layout import (DATA_YAML, MANIFEST, VALIDATION, Data
                                            is_image, yolo_splits)
 from control_plane.datasets.store import DatasetStore
 from control_plane.errors import ControlPlaneError, NotFound
-from control_plane.mlflow_store import CHAMPION, mlflow_client, store_for
+from control_plane.mlflow_store import CHAMPION, mlflow_client, model_aliases, store_for
 from control_plane.settings import Settings
 from control_plane.training.train import METRIC_MAP, METRIC_MAP50
 
@@ -197,15 +197,6 @@ class Collector:
     def artifacts(self, run_id: str) -> RunArtifacts:
         return RunArtifacts(self.client, self.store.tracking_uri, run_id, self.max_bytes)
 
-    def _aliases(self) -> dict[str, str]:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            registered = self.client.get_registered_model(self.name)
-        except MlflowException:
-            return {}
-        return {a: str(v) for a, v in (registered.aliases or {}).items()}
-
     def version(self, version: str | int, aliases: dict[str, str] | None = None,
                 with_artifacts: bool = True) -> VersionFacts:
         from mlflow.exceptions import MlflowException
@@ -218,7 +209,7 @@ class Collector:
         except MlflowException:
             raise UnknownModelVersion(f"{self.name} has no version {text}",
                                       model=self.name, version=text) from None
-        aliases = self._aliases() if aliases is None else aliases
+        aliases = model_aliases(self.client, self.name) if aliases is None else aliases
         facts = VersionFacts(
             name=self.name, version=str(mv.version),
             aliases=sorted(a for a, v in aliases.items() if v == str(mv.version)),
@@ -236,7 +227,7 @@ class Collector:
         return facts
 
     def collect(self, version: str | int) -> ReleaseFacts:
-        aliases = self._aliases()
+        aliases = model_aliases(self.client, self.name)
         model = self.version(version, aliases)
         champion_v = aliases.get(CHAMPION)
         champion = (self.version(champion_v, aliases)
