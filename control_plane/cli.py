@@ -69,9 +69,16 @@ def _log_to_file(settings: Settings) -> None:
     logger.propagate = False
 
 
+# Commands that run services log as those services (`up` to logs/up.log and its console, `serve`
+# as JSON on stdout): the CLI's file would take their records and label them "cli".
+SERVICE_COMMANDS = frozenset({"up", "serve"})
+
+
 def main() -> None:
     settings = Settings()
-    _log_to_file(settings)
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), "")
+    if command not in SERVICE_COMMANDS:
+        _log_to_file(settings)
     try:
         app(obj=settings)
     except ControlPlaneError as exc:

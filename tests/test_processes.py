@@ -195,7 +195,11 @@ def test_a_first_run_answers_while_the_bootstrap_trains_and_ctrl_c_stops_it(tmp_
 
     from tests.conftest import settings_from, stack_env
 
-    env = stack_env(tmp_path / "unused", tmp_path / "runtime")
+    # The default number of epochs but few images, so that an epoch takes seconds, not
+    # minutes; what is tested is the same. The full-size first run is timed on a fresh clone
+    # for the README (issue 16), not here.
+    env = {**stack_env(tmp_path / "unused", tmp_path / "runtime"),
+           "VG_BOOTSTRAP_TRAIN_IMAGES": "64", "VG_BOOTSTRAP_VAL_IMAGES": "16"}
     del env["VG_MODEL_REPOSITORY"]
     s = settings_from(env)
     log = tmp_path / "up.log"
@@ -251,3 +255,40 @@ def test_a_first_run_answers_while_the_bootstrap_trains_and_ctrl_c_stops_it(tmp_
     for port in (s.gateway_port, s.control_port, s.mlflow_ui_port):
         with socket.socket() as sock:
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served"
+
+
+# --- a service started through the CLI -----------------------------------------------------------
+
+@pytest.mark.integration
+def test_a_gateway_served_through_the_cli_logs_as_the_gateway_on_stdout(tmp_path):
+    """`visionguard serve gateway` logs its own records (logger visionguard.*) as the gateway, as
+    JSON on stdout, where `up` and a pod collect them: not into the CLI's logs/cli.log."""
+    import json
+
+    from tests.conftest import free_ports
+
+    port, control = free_ports(2)
+    env = {**os.environ, "VG_RUNTIME_DIR": str(tmp_path / "runtime"),
+           # no control plane there: the gateway logs that its routing fetch failed
+           "VG_GATEWAY_CONTROL_URL": f"http://127.0.0.1:{control}",
+           "VG_GATEWAY_TRITON_URL": f"127.0.0.1:{free_ports(1)[0]}"}
+    log = tmp_path / "gateway.out"
+    with open(log, "wb") as out:
+        gateway = subprocess.Popen([sys.executable, "-m", "control_plane", "serve", "gateway",
+                                    "--port", str(port)], env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    try:
+        def routing_line():
+            for line in log.read_text(errors="replace").splitlines():
+                if line.startswith("{") and json.loads(line).get("logger") == "visionguard.routing":
+                    return json.loads(line)
+            assert gateway.poll() is None, log.read_text()
+            return None
+
+        record = _wait_for(routing_line, 60, "the gateway's routing log line")
+    finally:
+        gateway.send_signal(signal.SIGINT)
+        gateway.wait(timeout=30)
+    assert record["service"] == "gateway" and record["event"] == "routing_fetch_failed"
+    cli_log = tmp_path / "runtime" / "logs" / "cli.log"
+    assert not cli_log.exists() or "visionguard.routing" not in cli_log.read_text()
