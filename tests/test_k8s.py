@@ -757,6 +757,11 @@ def test_control_plane_image_runs_the_api():
     assert '".[export,control,opensearch]"' in installs  # opensearch: the cluster's log store
     assert "nvidia-cuda-runtime-cu12==" in installs  # perf_analyzer's libcudart (latency gate)
     assert any(re.search(r"apt-get install .*libb64-0d=", line) for line in lines)
+    # The release report's PDF: WeasyPrint needs the pango the tests install on Debian.
+    from control_plane.stack.environment import DEBIAN_PACKAGES
+
+    pango = {p for p in DEBIAN_PACKAGES if p.startswith("libpango")}
+    assert pango and all(any(f'"{p}=' in line for line in lines) for p in pango)
     assert 'ENTRYPOINT ["visionguard", "serve", "control-plane"]' in lines
     assert 'CMD ["--host", "0.0.0.0"]' in lines
     # Promotion materialises versions with export/'s templates beside the sources.

@@ -6,11 +6,13 @@
 # torch comes from PyPI: the exporter does not use the PyTorch CPU index either.
 # perf_analyzer (the latency gate) is the binary in the tritonclient wheel; it needs Debian's
 # libb64-0d and libcudart.so.12 from nvidia-cuda-runtime-cu12, even without a GPU
-# (control_plane/perf.py points LD_LIBRARY_PATH at that wheel).
+# (control_plane/perf.py points LD_LIBRARY_PATH at that wheel). WeasyPrint lays out the release
+# report's PDF (GET /v1/models/{version}/report?format=pdf) with Debian's pango.
 #   docker build -f k8s/images/control-plane.Dockerfile -t visionguard/control-plane:0.1.0 .
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 FROM ${PYTHON_IMAGE}
 ARG LIBB64_VERSION=1.2-5+b1
+ARG PANGO_VERSION=1.50.12+ds-1
 ARG CUDA_RUNTIME_VERSION=12.9.79
 ARG UV_VERSION=0.13.9
 ENV PIP_NO_CACHE_DIR=1 \
@@ -19,6 +21,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /app
 RUN apt-get update \
  && apt-get install --yes --no-install-recommends "libb64-0d=${LIBB64_VERSION}" \
+      "libpango-1.0-0=${PANGO_VERSION}" "libpangoft2-1.0-0=${PANGO_VERSION}" \
  && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
 COPY requirements/all.txt ./requirements/all.txt
