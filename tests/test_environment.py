@@ -40,7 +40,7 @@ LOCKED_ARGS = {
 }
 # ...and those that pin something the project does not depend on.
 UNLOCKED_ARGS = {
-    "LIBB64_VERSION",  # a Debian package
+    "LIBB64_VERSION", "PANGO_VERSION",  # Debian packages
     "PSYCOPG2_VERSION", "BOTO3_VERSION",  # the MLflow server's store drivers, in its image only
 }
 # The images that install the project with its dependencies (the others install a few pinned
