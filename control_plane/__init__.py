@@ -7,7 +7,8 @@ checks the contracts in pyproject.toml in the test suite):
     cli.py              registers the wings' commands; builds Settings once per process
     api/                the HTTP app factory, error mapping, /metrics
     stack/              `up`, the process supervisor, the Triton process, the environment bootstrap
-    releases/ drift/ logs/      the wings, independent of each other
+    releases/ drift/ logs/ streaming/   the wings, independent of each other (streaming:
+                        `visionguard stream`, a video source into a gateway stream)
     reports/            the release report per model version (HTML, PDF)
     evaluation/         COCO cross-check of Ultralytics' metrics; robustness under corruptions
     training/ perf/     the bootstrap and dataset training; perf_analyzer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -36,12 +37,14 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def stack_env(repo: Path, runtime: Path) -> dict[str, str]:
-    http, grpc, metrics, gateway, control, mlflow_ui = free_ports(6)
+def stack_env(repo: Path, runtime: Path, mlflow_ui: bool = False) -> dict[str, str]:
+    """`up`'s environment on free ports. The MLflow UI only where a test uses it (`up` serves
+    and releases without it; its start took about 5 of a stack's 18 s on an idle machine)."""
+    http, grpc, metrics, gateway, control, mlflow_ui_port = free_ports(6)
     return {
         **os.environ,
         "VG_CONTROL_PORT": str(control),
-        "VG_MLFLOW_UI_PORT": str(mlflow_ui),
+        "VG_MLFLOW_UI_PORT": str(mlflow_ui_port) if mlflow_ui else "0",
         "VG_MODEL_REPOSITORY": str(repo),
         "VG_RUNTIME_DIR": str(runtime),
         "VG_TRITON_HTTP_PORT": str(http),
@@ -128,8 +131,9 @@ def run_up(env: dict[str, str], log: Path, timeout_s: float = 240):
     # nothing keeps the ports.
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 0, log.read_text()
-    for port in (settings.triton_http_port, settings.triton_grpc_port, settings.gateway_port,
-                 settings.control_port, settings.mlflow_ui_port):
+    ports = [settings.triton_http_port, settings.triton_grpc_port, settings.gateway_port,
+             settings.control_port] + ([settings.mlflow_ui_port] if settings.mlflow_ui_port else [])
+    for port in ports:
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still served"
     assert not any(cwd.iterdir()), f"`up` wrote into its working directory: {list(cwd.iterdir())}"
@@ -167,23 +171,48 @@ def bus_jpg() -> bytes:
     return (ultralytics_assets() / "bus.jpg").read_bytes()
 
 
+def _needs_training(session) -> bool:
+    return not os.environ.get("VG_TEST_CHECKPOINT") and any(
+        "trained_checkpoint" in getattr(item, "fixturenames", ()) for item in session.items)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _detector_training(request, tmp_path_factory):
+    """Start training the suite's small detector (tests/trained_detector.py) as the session
+    starts, in a process of its own on one core, when a selected test needs it: the tests
+    before the first of those (about four minutes of them) run meanwhile on the other core.
+    Trained inside the first test that needed it, it took 267 s of a 25-minute CI run while
+    the suite used 1.2 cores on average."""
+    if not _needs_training(request.session):
+        yield None
+        return
+    out = tmp_path_factory.mktemp("tiny-train")
+    with open(out / "training.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.trained_detector", str(out)],
+                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    yield out, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.fixture(scope="session")
-def trained_checkpoint(tmp_path_factory) -> Path:
-    """A small detector trained here on generated shapes (about 2.5 minutes on 2 cores, val
-    mAP50 about 0.2): its scores are distinct, so NMS decisions compare between
-    implementations. (10 epochs at 160 px learned nothing: every image got the same scores.)
+def trained_checkpoint(_detector_training) -> Path:
+    """The suite's small trained detector (tests/trained_detector.py), waited for.
     VG_TEST_CHECKPOINT points at a better one (e.g. the bootstrap model) to use instead."""
     override = os.environ.get("VG_TEST_CHECKPOINT")
     if override:
         return Path(override)
-    from control_plane.training.train import train_bootstrap
-
-    out = tmp_path_factory.mktemp("tiny-train")
-    result = train_bootstrap(out, epochs=8, imgsz=256, n_train=300, n_val=60, seed=3,
-                             tracking_uri=f"sqlite:///{out / 'mlflow.db'}",
-                             train_args={"nbs": 16, "warmup_epochs": 1, "optimizer": "AdamW",
-                                         "lr0": 0.003, "close_mosaic": 2})
-    return result.best_pt
+    out, proc = _detector_training
+    try:
+        code = proc.wait(timeout=1800)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the test detector's training took over 30 minutes")
+    if code != 0 or not (out / "result.json").exists():
+        pytest.fail(f"the test detector's training exited {code}:\n"
+                    f"{(out / 'training.log').read_text(errors='replace')[-4000:]}")
+    return Path(json.loads((out / "result.json").read_text())["best_pt"])
 
 
 @pytest.fixture(scope="session")

@@ -125,7 +125,7 @@ def faulted(trained_checkpoint, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("faults")
     eval_data = generate_dataset(root / "eval", n_train=0, n_val=40, imgsz=256, seed=7)
-    env = {**stack_env(root / "repo", root / "runtime"),
+    env = {**stack_env(root / "repo", root / "runtime", mlflow_ui=True),
            "VG_GATEWAY_ROUTING_POLL_S": "0.5", "VG_ROUTING_DRAIN_S": "1.5",
            "VG_DRIFT_WINDOW": str(DRIFT_WINDOW), "VG_GATEWAY_DRIFT_SAMPLE_RATE": "1",
            "VG_GATEWAY_DRIFT_FLUSH_S": "1"}

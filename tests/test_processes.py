@@ -198,7 +198,7 @@ def test_a_first_run_answers_while_the_bootstrap_trains_and_ctrl_c_stops_it(tmp_
     # The default number of epochs but few images, so that an epoch takes seconds, not
     # minutes; what is tested is the same. The full-size first run is timed on a fresh clone
     # for the README (issue 16), not here.
-    env = {**stack_env(tmp_path / "unused", tmp_path / "runtime"),
+    env = {**stack_env(tmp_path / "unused", tmp_path / "runtime", mlflow_ui=True),
            "VG_BOOTSTRAP_TRAIN_IMAGES": "64", "VG_BOOTSTRAP_VAL_IMAGES": "16"}
     del env["VG_MODEL_REPOSITORY"]
     s = settings_from(env)

@@ -147,6 +147,17 @@ def test_store_defaults_to_sqlite_under_the_runtime_dir(tmp_path, monkeypatch):
     assert mlflow_store("sqlite:////x/y.db").artifact_location == "file:///x/mlartifacts"
 
 
+def test_bootstrap_size_is_a_setting_and_a_negative_one_is_refused(tmp_path, monkeypatch):
+    from control_plane.settings import Settings
+
+    monkeypatch.setenv("VG_BOOTSTRAP_TRAIN_IMAGES", "64")
+    assert Settings(runtime_dir=tmp_path).bootstrap_train_images == 64
+    assert Settings(runtime_dir=tmp_path).bootstrap_epochs == 0  # training's default
+    monkeypatch.setenv("VG_BOOTSTRAP_EPOCHS", "-1")
+    with pytest.raises(ValueError, match="VG_BOOTSTRAP_EPOCHS must be 0"):
+        Settings(runtime_dir=tmp_path)
+
+
 # --- one tiny training, end to end --------------------------------------------------------------
 
 EPOCHS = 2

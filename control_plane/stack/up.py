@@ -106,9 +106,12 @@ def bootstrap_checkpoint(settings: Settings, console: Console,
                          "seconds_left": round(p.seconds_left, 1)
                          if p.seconds_left is not None else None, "threads": p.threads})
 
+    size = {arg: value for arg, value in (("epochs", settings.bootstrap_epochs),
+                                          ("n_train", settings.bootstrap_train_images),
+                                          ("n_val", settings.bootstrap_val_images)) if value}
     result = train_bootstrap(settings.bootstrap_dir, tracking_uri=store_for(settings).tracking_uri,
                              registered_name=settings.model_name, progress=on_progress,
-                             threads="idle", settings=settings)
+                             threads="idle", settings=settings, **size)
     console.print(f"[green]trained[/] the bootstrap detector in {result.train_s / 60:.1f} min: "
                   f"mAP50 {result.metrics['val_mAP50']:.3f}, mAP50-95 "
                   f"{result.metrics['val_mAP50-95']:.3f} on {result.eval_dataset}; registered "
