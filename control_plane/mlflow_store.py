@@ -8,7 +8,8 @@ but its settings, so every wing can use it without importing another wing.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -96,3 +97,28 @@ def model_aliases(client, name: str) -> dict[str, str]:
     except MlflowException:
         return {}
     return {a: str(v) for a, v in (registered.aliases or {}).items()}
+
+
+@dataclass
+class ModelVersionRecord:
+    """A registered model version as MLflow has it: the registry's and the report's view of a
+    version start from this (they add what each reads from its tags and run)."""
+
+    name: str
+    version: str
+    aliases: list[str]
+    created: str  # ISO 8601, UTC
+    run_id: str
+    source: str
+    description: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_mlflow(cls, mv, aliases: dict[str, str]):
+        """From an MLflow ModelVersion and the model's aliases (`model_aliases`)."""
+        return cls(name=mv.name, version=str(mv.version),
+                   aliases=sorted(a for a, v in aliases.items() if v == str(mv.version)),
+                   created=time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                         time.gmtime((mv.creation_timestamp or 0) / 1000)),
+                   run_id=mv.run_id or "", source=mv.source or "",
+                   description=mv.description or "", tags=dict(mv.tags or {}))

@@ -16,13 +16,13 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from control_plane.datasets.layout import file_sha256
 from control_plane.errors import ControlPlaneError, NotFound
-from control_plane.mlflow_store import (CHALLENGER, CHAMPION, experiment_id, mlflow_client,
-                                        model_aliases, store_for)
+from control_plane.mlflow_store import (CHALLENGER, CHAMPION, ModelVersionRecord,
+                                        experiment_id, mlflow_client, model_aliases, store_for)
 from control_plane.releases.audit import AuditLog
 from control_plane.settings import Settings
 from control_plane.training import train as training
@@ -56,15 +56,8 @@ class UnknownVersion(NotFound):
 
 
 @dataclass
-class VersionInfo:
-    name: str
-    version: str
-    aliases: list[str]
-    created: str
-    run_id: str
-    source: str
-    description: str
-    tags: dict[str, str] = field(default_factory=dict)
+class VersionInfo(ModelVersionRecord):
+    """A version as releases read it: its metrics, evaluation data and class names."""
 
     @property
     def map50(self) -> float | None:
@@ -93,10 +86,6 @@ def _float(value: str | None) -> float | None:
         return None
 
 
-def _ms_to_iso(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
-
-
 def dataset_label(data_yaml: Path) -> str:
     """A dataset's name: the generator's header comment (`# synthetic-shapes-v1-seed0: ...`),
     else its folder's name."""
@@ -116,11 +105,7 @@ class Registry:
     # --- reads ---------------------------------------------------------------------------------
 
     def _info(self, mv, aliases: dict[str, str]) -> VersionInfo:
-        return VersionInfo(
-            name=self.name, version=str(mv.version),
-            aliases=sorted(a for a, v in aliases.items() if v == str(mv.version)),
-            created=_ms_to_iso(mv.creation_timestamp), run_id=mv.run_id or "",
-            source=mv.source or "", description=mv.description or "", tags=dict(mv.tags or {}))
+        return VersionInfo.from_mlflow(mv, aliases)
 
     def versions(self) -> list[VersionInfo]:
         aliases = model_aliases(self.client, self.name)

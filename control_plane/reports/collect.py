@@ -25,7 +25,8 @@ from control_plane.datasets.layout import (DATA_YAML, MANIFEST, VALIDATION, Data
                                            is_image, yolo_splits)
 from control_plane.datasets.store import DatasetStore
 from control_plane.errors import ControlPlaneError, NotFound
-from control_plane.mlflow_store import CHAMPION, mlflow_client, model_aliases, store_for
+from control_plane.mlflow_store import (CHAMPION, ModelVersionRecord, mlflow_client,
+                                        model_aliases, store_for)
 from control_plane.settings import Settings
 from control_plane.training.train import METRIC_MAP, METRIC_MAP50
 
@@ -51,17 +52,9 @@ class ReportError(ControlPlaneError):
 
 
 @dataclass
-class VersionFacts:
+class VersionFacts(ModelVersionRecord):
     """One registered version and what its run carries."""
 
-    name: str
-    version: str
-    aliases: list[str]
-    created: str
-    run_id: str
-    source: str
-    description: str
-    tags: dict[str, str]
     evaluation: dict | None = None  # evaluation/metrics.json
     robustness: dict | None = None  # robustness/robustness.json
     pictures: dict[str, bytes] = field(default_factory=dict)  # PICTURES' keys -> PNG bytes
@@ -117,10 +110,6 @@ def _float(value) -> float | None:
         return None if value is None or value == "" else float(value)
     except (TypeError, ValueError):
         return None
-
-
-def _iso(ms: int | None) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((ms or 0) / 1000))
 
 
 # --- MLflow ------------------------------------------------------------------------------------
@@ -210,12 +199,7 @@ class Collector:
             raise UnknownModelVersion(f"{self.name} has no version {text}",
                                       model=self.name, version=text) from None
         aliases = model_aliases(self.client, self.name) if aliases is None else aliases
-        facts = VersionFacts(
-            name=self.name, version=str(mv.version),
-            aliases=sorted(a for a, v in aliases.items() if v == str(mv.version)),
-            created=_iso(mv.creation_timestamp), run_id=mv.run_id or "",
-            source=mv.source or "", description=mv.description or "",
-            tags=dict(mv.tags or {}))
+        facts = VersionFacts.from_mlflow(mv, aliases)
         if with_artifacts and facts.run_id:
             run = self.artifacts(facts.run_id)
             facts.evaluation = run.json(METRICS_JSON, facts.problems)
