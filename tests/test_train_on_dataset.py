@@ -188,6 +188,21 @@ def test_a_class_set_change_is_refused_unless_a_new_model_is_named(settings, cli
     assert "serves once promoted" in done.output
 
 
+def test_the_same_classes_numbered_otherwise_are_refused_with_the_order_to_import(settings,
+                                                                                  client,
+                                                                                  champion):
+    """A COCO export numbers categories its own way: the same four classes in another order
+    would change what the served ids mean; the message gives the --classes that fixes it."""
+    reordered = import_synthetic(DatasetStore(settings), n_train=32, n_val=8, imgsz=SIZE,
+                                 seed=23, classes=("square", "circle", "triangle", "star"),
+                                 name="reordered").version
+    before = len(training_runs(client))
+    done = cli(settings, "--data", reordered.ref, "--epochs", "1")
+    assert type(done.exception).__name__ == "ClassSetChanged"
+    assert f"--classes {','.join(SHAPES)}" in str(done.exception)
+    assert len(training_runs(client)) == before
+
+
 def test_a_dataset_that_fails_validation_is_refused_before_training(settings, client, shapes,
                                                                      runtime):
     env_rules = {"VG_DATASETS_RULES": "class_imbalance=error:1.0"}  # any imbalance is an error

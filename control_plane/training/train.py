@@ -523,6 +523,9 @@ def _check_class_set(client, target: str, version: DatasetVersion, *, named: boo
         return
     how = (f"model {target!r} already has versions: give --model-name a name without versions"
            if named else "to train a new model on it, give it a name: --model-name NAME")
+    if sorted(classes) == sorted(version.classes):  # the same classes, numbered otherwise
+        how = (f"the classes are the same in another order: import the data again with "
+               f"--classes {','.join(classes)} to number them as the model does; or {how}")
     raise ClassSetChanged(
         f"dataset {version.ref} has the classes {version.classes}, but {target!r} version "
         f"{number} serves {classes}: a version trained on it would change what the served "
