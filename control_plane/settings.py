@@ -212,6 +212,33 @@ class Settings:
     # (`visionguard drift approve ID`); off by default.
     drift_retrain_on_drift: bool = env("VG_DRIFT_RETRAIN_ON_DRIFT", False)
 
+    # Notifications of release and drift decisions (control_plane/notify/): signed webhooks
+    # (comma-separated http(s) URLs and the HMAC secret, the gateway's scheme; VG_WEBHOOK_* are
+    # shared with its zone events), apprise URLs (slack://, msteams://, mailto://, json://...,
+    # comma- or space-separated), the event kinds to send (comma-separated; empty: all), a
+    # deadline per attempt, retries with exponential backoff from notify_backoff_s, the queue
+    # bound per channel (the oldest is dropped when full) and how long a process waits at exit
+    # for queued notifications.
+    notify_webhook_urls: str = env("VG_NOTIFY_WEBHOOK_URLS", "", "VG_WEBHOOK_URLS")
+    notify_webhook_secret: str = env("VG_NOTIFY_WEBHOOK_SECRET", "", "VG_WEBHOOK_SECRET")
+    notify_apprise_urls: str = env("VG_NOTIFY_APPRISE_URLS", "")
+    notify_events: str = env("VG_NOTIFY_EVENTS", "")
+    notify_timeout_s: float = env("VG_NOTIFY_TIMEOUT_S", 5.0, "VG_WEBHOOK_TIMEOUT_S")
+    notify_retries: int = env("VG_NOTIFY_RETRIES", 3, "VG_WEBHOOK_RETRIES")
+    notify_backoff_s: float = env("VG_NOTIFY_BACKOFF_S", 0.5)
+    notify_max_backoff_s: float = env("VG_NOTIFY_MAX_BACKOFF_S", 30.0)
+    notify_queue: int = env("VG_NOTIFY_QUEUE", 100)
+    notify_drain_s: float = env("VG_NOTIFY_DRAIN_S", 10.0)
+
+    # Scheduled pipelines (control_plane/schedules): five-field cron expressions, UTC, for the
+    # drift check, the training of approved retraining requests and the champion's nightly
+    # report. `up` runs them itself unless `schedule_enabled` is off; k8s/base/cronjobs.yaml
+    # and the Airflow DAGs run the same CLI steps.
+    schedule_enabled: bool = env("VG_SCHEDULE_ENABLED", True)
+    schedule_drift_check: str = env("VG_SCHEDULE_DRIFT_CHECK", "0 * * * *")
+    schedule_retrain_approved: str = env("VG_SCHEDULE_RETRAIN_APPROVED", "*/15 * * * *")
+    schedule_nightly_report: str = env("VG_SCHEDULE_NIGHTLY_REPORT", "0 2 * * *")
+
     @property
     def drift_dir(self) -> Path:
         """Reference windows (per model version), retraining requests, the last result."""

@@ -45,6 +45,9 @@ def stack_env(repo: Path, runtime: Path, mlflow_ui: bool = False) -> dict[str, s
         **os.environ,
         "VG_CONTROL_PORT": str(control),
         "VG_MLFLOW_UI_PORT": str(mlflow_ui_port) if mlflow_ui else "0",
+        # No scheduled jobs in test stacks: a drift check or a retraining run starting at a
+        # cron time would land in whichever test runs then (tests/test_schedules.py runs them).
+        "VG_SCHEDULE_ENABLED": "0",
         "VG_MODEL_REPOSITORY": str(repo),
         "VG_RUNTIME_DIR": str(runtime),
         "VG_TRITON_HTTP_PORT": str(http),

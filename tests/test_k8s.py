@@ -1231,3 +1231,122 @@ patches:
     assert "NetworkPolicy/opensearch admits more than the control plane" in problems
     assert "Service/opensearch: port 9200 does not reach OpenSearch's 9200" in problems
     assert "Service/opensearch is exposed outside the cluster" in problems
+
+
+# --- scheduled jobs: k8s/base/cronjobs.yaml against control_plane/schedules/jobs.py ------------
+
+
+def test_cronjobs_run_the_schedule_with_least_privilege(overlay, monkeypatch):
+    """Each CronJob is a job of control_plane/schedules/jobs.py (its command, its default
+    schedule, its deadline), so the two cannot drift apart; it runs with least privilege (own
+    ServiceAccount without an API token or a role, the shared resource and security checks,
+    only emptyDir volumes) and gets its control-plane token from a documented Secret."""
+    for name in [n for n in os.environ if n.startswith("VG_SCHEDULE_")]:
+        monkeypatch.delenv(name)
+    from control_plane.schedules.jobs import jobs
+    from control_plane.settings import Settings
+
+    variant, objs = overlay
+    expected = {job.name: job for job in jobs(Settings())}
+    cronjobs = by_kind(objs, "CronJob")
+    assert sorted(cronjobs) == sorted(expected), variant
+    # The shared checks, on each CronJob's Job template.
+    as_jobs = [{"kind": "Job", "metadata": cj["metadata"],
+                "spec": cj["spec"]["jobTemplate"]["spec"]} for cj in cronjobs.values()]
+    problems = (check_resources(as_jobs) + check_security(as_jobs)
+                + check_references(objs + as_jobs))
+    readme = (K8S / "README.md").read_text()
+    documented = {m.group("name") for m in SECRET_COMMAND.finditer(readme)}
+    for name, cj in cronjobs.items():
+        job, spec = expected[name], cj["spec"]
+        template = spec["jobTemplate"]["spec"]
+        pod = template["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["command"] == list(job.argv), name
+        assert container["image"].startswith("visionguard/control-plane:"), name
+        assert (spec["schedule"], spec.get("timeZone")) == (job.cron, "Etc/UTC"), name
+        assert spec.get("concurrencyPolicy") == "Forbid", name
+        assert 1 <= spec.get("successfulJobsHistoryLimit", 0) <= 5, name
+        assert 1 <= spec.get("failedJobsHistoryLimit", 0) <= 5, name
+        assert template.get("activeDeadlineSeconds") == job.deadline_s, name
+        assert 0 <= template.get("backoffLimit", 6) <= 2, name
+        assert pod.get("automountServiceAccountToken") is False, name
+        sa = get(objs, "ServiceAccount", pod["serviceAccountName"])
+        assert sa.get("automountServiceAccountToken") is False, name
+        assert pod["serviceAccountName"] not in (CONTROL_PLANE, "default"), name
+        mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        assert "emptyDir" in volumes[mounts["/tmp"]], name
+        assert all(set(v) == {"name", "emptyDir"} for v in volumes.values()), \
+            f"{name} mounts more than scratch space: {sorted(volumes)}"
+        token = env_sources(objs, container).get("VG_TOKEN", {}).get("secretKeyRef")
+        if job.role is None:
+            assert token is None, f"{name} needs no control-plane token"
+        else:
+            assert token is not None, f"{name}: VG_TOKEN is not from a Secret"
+            assert token["name"] in documented, f"{name}: Secret {token['name']} undocumented"
+            assert re.search(rf"visionguard token \S+ --role {job.role}\n.*{token['name']}",
+                             readme), f"{name}: README does not make a {job.role} token"
+    for kind in ("RoleBinding", "ClusterRoleBinding"):
+        for binding in by_kind(objs, kind).values():
+            for subject in binding.get("subjects", []) or []:
+                assert subject.get("name") != "schedules", f"{kind} binds the schedules account"
+    assert not problems, f"{variant}:\n" + "\n".join(problems)
+
+
+def test_alertmanager_routes_the_alert_rules(overlay, tmp_path):
+    """Prometheus sends firing rules to the rendered Alertmanager's Service; every severity the
+    rules in grafana/alerts use has its route; the receiver's URL is read from a file of the
+    documented Secret (never rendered). `amtool check-config` (Debian's prometheus-alertmanager,
+    a test package) checks the config; Debian's 0.25 predates webhook `url_file` (the image
+    runs 0.28), so amtool gets a copy with that one key as `url`."""
+    variant, objs = overlay
+    am = get(objs, "Deployment", "alertmanager")
+    volumes = {v["name"]: v for v in pod_spec(am)["volumes"]}
+    text = get(objs, "ConfigMap", volumes["config"]["configMap"]["name"])["data"][
+        "alertmanager.yml"]
+    config = yaml.safe_load(text)
+    (container,) = pod_spec(am)["containers"]
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in container["args"]
+    assert {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["config"] == \
+        "/etc/alertmanager"
+
+    prom = get(objs, "Deployment", "prometheus")
+    prom_volumes = {v["name"]: v for v in pod_spec(prom)["volumes"]}
+    prom_config = yaml.safe_load(get(objs, "ConfigMap", prom_volumes["config"]["configMap"][
+        "name"])["data"]["prometheus.yml"])
+    targets = [t for a in prom_config["alerting"]["alertmanagers"]
+               for sc in a["static_configs"] for t in sc["targets"]]
+    svc = get(objs, "Service", "alertmanager")
+    assert selects(svc["spec"]["selector"], pod_spec_labels(am))
+    assert targets == [f"alertmanager:{p['port']}" for p in svc["spec"]["ports"]
+                       if p["targetPort"] == "http"]
+
+    severities = {rule["labels"]["severity"]
+                  for path in (ROOT / "grafana" / "alerts").glob("*.rules.yaml")
+                  for group in yaml.safe_load(path.read_text())["groups"]
+                  for rule in group["rules"] if "alert" in rule}
+    routed = {m.split("=", 1)[1].strip('"') for r in config["route"]["routes"]
+              for m in r.get("matchers", []) if m.startswith("severity=")}
+    assert severities and severities <= routed, f"no route for {sorted(severities - routed)}"
+    receivers = {r["name"]: r for r in config["receivers"]}
+    assert {config["route"]["receiver"]} | {r["receiver"] for r in config["route"]["routes"]} \
+        <= set(receivers)
+    hooks = [h for r in receivers.values() for h in r.get("webhook_configs", [])]
+    secret = volumes["webhook"]["secret"]
+    mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["webhook"]
+    assert secret["secretName"] == "visionguard-alertmanager-webhook"
+    assert hooks and all(h["url_file"] == f"{mount}/{secret['items'][0]['path']}" and
+                         "url" not in h for h in hooks)
+    assert not by_kind(objs, "Secret")
+
+    amtool = shutil.which("amtool")
+    if amtool is None:
+        pytest.skip("amtool is not on PATH (apt-get install prometheus-alertmanager)")
+    checked = tmp_path / "alertmanager.yml"
+    checked.write_text(text.replace("url_file: ", "url: http://receiver.invalid"
+                                                   "/?file="))
+    out = subprocess.run([amtool, "check-config", str(checked)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, f"{variant}: {out.stdout}{out.stderr}"
+    assert "SUCCESS" in out.stdout and "1 receivers" in out.stdout

@@ -1,10 +1,11 @@
 """The control plane's HTTP API (Litestar): handlers translate HTTP to a library call.
 
-Every route but /healthz and /metrics needs a bearer token (control_plane.auth). Each wing's
-routes are one module listed in `FEATURES`: its `router(settings) -> Router` gives the routes,
-and an optional `lifespan(app)` async context manager opens what they need at run time (put on
-`app.state`) and closes it. Refusals are `control_plane.errors` types, mapped to JSON here once.
-This is the top of the API: no wing imports it.
+Every route but /healthz, /metrics and the console's static files (/console) needs a bearer
+token (control_plane.auth). Each wing's routes are one module listed in `FEATURES`: its
+`router(settings) -> Router` gives the routes, and an optional `lifespan(app)` async context
+manager opens what they need at run time (put on `app.state`) and closes it. Refusals are
+`control_plane.errors` types, mapped to JSON here once. This is the top of the API: no wing
+imports it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from control_plane import console
 from control_plane.api.metrics import ControlPlaneMetrics
 from control_plane.auth import TokenStore
 from control_plane.drift import routes as drift_routes
@@ -64,7 +66,7 @@ async def metrics(request: Request) -> Response[bytes]:
 
 
 # The wings the API serves: each gives `router(settings)` and may give a `lifespan`.
-FEATURES = (release_routes, receiver, logs_routes, drift_routes)
+FEATURES = (release_routes, receiver, logs_routes, drift_routes, console)
 
 
 def create_app(settings: Settings | None = None) -> Litestar:

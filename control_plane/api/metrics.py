@@ -41,10 +41,31 @@ class StackStatusCollector(Collector):
         yield running
 
 
+class NotificationsCollector(Collector):
+    """Notifications by channel kind and outcome (control_plane/notify), read at each scrape from
+    the process's counts: the promoter and the drift monitor own their notifier, not this app."""
+
+    def collect(self):
+        from control_plane.notify import OUTCOMES, counts
+
+        family = CounterMetricFamily(
+            "visionguard_notifications",
+            "Release and drift notifications by channel kind (webhook, slack, mailto...) and "
+            "outcome: sent, retried (an attempt to be tried again), failed, dropped",
+            labels=["channel", "outcome"])
+        seen = counts()
+        for outcome in OUTCOMES:  # the webhook's series exist before the first notification
+            seen.setdefault(("webhook", outcome), 0)
+        for (channel, outcome), n in sorted(seen.items()):
+            family.add_metric([channel, outcome], float(n))
+        yield family
+
+
 class ControlPlaneMetrics:
     def __init__(self, status_file: Path | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        r.register(NotificationsCollector())
         if status_file is not None:
             r.register(StackStatusCollector(status_file))
         self.api_errors = Counter(

@@ -27,7 +27,9 @@ def _client(settings: Settings, timeout: float = 300.0) -> httpx.Client:
     return httpx.Client(base_url=settings.control_url, headers=headers, timeout=timeout)
 
 
-def _call(settings: Settings, method: str, path: str, **kwargs) -> httpx.Response:
+def _call(settings: Settings, method: str, path: str, ok_codes: tuple[str, ...] = (),
+          **kwargs) -> httpx.Response:
+    """The API's answer; an error exits 1 with its message unless its code is in `ok_codes`."""
     try:
         with _client(settings) as client:
             response = client.request(method, path, **kwargs)
@@ -39,7 +41,9 @@ def _call(settings: Settings, method: str, path: str, **kwargs) -> httpx.Respons
             error = response.json()["error"]
             message = f"{error['code']}: {error['message']}"
         except (ValueError, KeyError, TypeError):
-            message = response.text[:300]
+            error, message = {}, response.text[:300]
+        if error.get("code") in ok_codes:
+            return response
         console.print(f"[red]{method} {path} failed ({response.status_code}):[/] {message}")
         raise typer.Exit(1)
     return response
@@ -69,10 +73,18 @@ def check_cmd(
     version: Annotated[str, typer.Option(help="reference version; default the champion")] = "",
     as_json: Annotated[bool, typer.Option("--json", help="print the raw result")] = False,
     fail_on_drift: Annotated[bool, typer.Option(help="exit 3 when drift is detected")] = False,
+    ok_without_data: Annotated[bool, typer.Option(
+        help="exit 0 when the live window holds too few samples for a check (scheduled runs: "
+             "a quiet night is not a failure)")] = False,
 ) -> None:
     """Compare the live window with the champion's reference window now."""
-    result = _call(cli_settings(ctx), "POST", "/v1/drift/check", params={"version": version} if version else {}
-                   ).json()
+    response = _call(cli_settings(ctx), "POST", "/v1/drift/check",
+                     ok_codes=("insufficient_data",) if ok_without_data else (),
+                     params={"version": version} if version else {})
+    result = response.json()
+    if response.status_code >= 400:
+        console.print(f"no check: {result['error']['message']}")
+        return
     if as_json:
         console.print_json(json.dumps(result))
     else:
@@ -144,13 +156,70 @@ def approve_cmd(
     if not train:
         console.print("recorded only; to retrain run: visionguard train")
         return
+    _retrain(cli_settings(ctx), request_id, out_dir)
+
+
+# The registered version trained for a retraining request carries the request's id in this tag,
+# so `retrain-approved` trains each approved request once, whoever ran the training.
+RETRAINING_TAG = "visionguard.retraining_request"
+
+
+def _retrain(settings: Settings, request_id: str, out_dir: Path | None) -> None:
+    """Train once for `request_id`: a lock file per request under the runtime directory keeps
+    `drift approve` and a scheduled `retrain-approved` on this machine from training it twice
+    (the second one finds the lock held, or the version tagged, and says so)."""
+    import fcntl
+
+    from control_plane.mlflow_store import mlflow_client, store_for
     from control_plane.training.train import train_command
 
+    locks = settings.runtime_dir / "retraining"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{request_id}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            console.print(f"request {request_id} is being trained by another process; skipped")
+            return
+        if request_id in _retrained_requests(settings):
+            console.print(f"request {request_id} already has a trained version; skipped")
+            return
+        out = out_dir or locks / request_id
+        result = train_command(settings, out, console=console)
+        mlflow_client(store_for(settings)).set_model_version_tag(
+            result.registered_name, result.version, RETRAINING_TAG, request_id)
+    console.print(f"retrained for request {request_id}: {result.registered_name} version "
+                  f"{result.version}; promote it with `visionguard models` once its gates pass")
+
+
+def _retrained_requests(settings: Settings) -> set[str]:
+    """The retraining requests that already have a registered version."""
+    from control_plane.mlflow_store import mlflow_client, store_for
+
+    client = mlflow_client(store_for(settings))
+    return {mv.tags[RETRAINING_TAG]
+            for mv in client.search_model_versions(f"name = '{settings.model_name}'")
+            if RETRAINING_TAG in (mv.tags or {})}
+
+
+@app.command("retrain-approved")
+def retrain_approved_cmd(
+    ctx: typer.Context,
+    out_dir: Annotated[Optional[Path], typer.Option(
+        help="training output folder (one subfolder per request)")] = None,
+) -> None:
+    """Train a new version for each retraining request a person approved and none was trained
+    for yet (the schedule runs this); nothing happens when none waits."""
     settings = cli_settings(ctx)
-    out = out_dir or settings.runtime_dir / "retraining" / request_id
-    result = train_command(settings, out, console=console)
-    console.print(f"retrained: {result.registered_name} version {result.version}; promote it "
-                  f"with `visionguard models` once its gates pass")
+    requests = _call(settings, "GET", "/v1/drift/retraining").json()["requests"]
+    approved = [r["id"] for r in requests if r["state"] == "approved"]
+    waiting = sorted(set(approved) - _retrained_requests(settings)) if approved else []
+    if not waiting:
+        console.print("no approved retraining request waits for training")
+        return
+    for request_id in waiting:
+        console.print(f"retraining for approved request {request_id}")
+        _retrain(settings, request_id, out_dir / request_id if out_dir else None)
 
 
 @app.command("reject")

@@ -16,8 +16,9 @@ reference's mean and spread. A check flags drift when either detector's p-value 
 distribution raises a false alarm with probability at most `drift_p_value`.
 
 Results become metrics (control_plane/api/metrics.py), a JSON log event (`drift_check`), the last
-result on disk, and - when `VG_DRIFT_RETRAIN_ON_DRIFT=1` - a pending retraining request that a
-person approves (`visionguard drift approve ID`).
+result on disk, a notification (control_plane/notify) and - when `VG_DRIFT_RETRAIN_ON_DRIFT=1` -
+a pending retraining request that a person approves (`visionguard drift approve ID`); requests
+opened and decided are notified too.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import numpy as np
 
 from control_plane.errors import Conflict
 from control_plane.mlflow_store import CHAMPION, mlflow_client, mlflow_store, store_for
+from control_plane.notify import Notifier, notifier_for
 from control_plane.settings import Settings
 from tracker_service.drift_features import FEATURES, OUTPUT_CONF, drift_features
 from tracker_service.nms import postprocess
@@ -369,11 +371,23 @@ class LiveWindow:
 # --- retraining requests ---------------------------------------------------------------------
 
 class RetrainingRequests:
-    """Pending and decided retraining requests, one JSON file written atomically."""
+    """Pending and decided retraining requests, one JSON file written atomically; each request
+    opened or decided is notified (when a notifier is given)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, notifier: Notifier | None = None) -> None:
         self.path = path
+        self.notifier = notifier
         self._lock = threading.Lock()
+
+    def _tell(self, request: dict, summary: str) -> None:
+        if self.notifier is None:
+            return
+        state = request["state"]  # pending, approved, rejected
+        self.notifier.notify("retraining_requested" if state == "pending" else
+                             f"retraining_{state}",
+                             f"{request['model']} version {request['version']}: {summary}",
+                             model=request["model"], version=request["version"],
+                             actor=request.get("decided_by"), request=request)
 
     def all(self) -> list[dict]:
         try:
@@ -400,7 +414,8 @@ class RetrainingRequests:
                        "drifted_features": result.drifted_features,
                        "mmd_p_value": result.detectors["mmd"]["p_value"]}
             self._write(requests + [request])
-            return request
+        self._tell(request, f"retraining requested ({request['id']}), waiting for approval")
+        return request
 
     def decide(self, request_id: str, state: str, by: str) -> dict:
         with self._lock:
@@ -411,8 +426,11 @@ class RetrainingRequests:
                         raise AlreadyDecided(f"retraining request {request_id} is {r['state']}")
                     r.update(state=state, decided_by=by, decided_at=time.time())
                     self._write(requests)
-                    return r
-        raise KeyError(request_id)
+                    break
+            else:
+                raise KeyError(request_id)
+        self._tell(r, f"retraining request {request_id} {state} by {by}")
+        return r
 
 
 # --- the monitor: window + detectors + results --------------------------------------------------
@@ -427,7 +445,9 @@ class DriftMonitor:
         # Persisted beside the reference windows: a restart keeps the gateways' samples.
         self.window = LiveWindow(settings.drift_window, settings.drift_dir / "live-window.npz")
         metrics.drift_window_samples.set(len(self.window))
-        self.retraining = RetrainingRequests(settings.drift_dir / "retraining.json")
+        self.notifier = notifier_for(settings)
+        self.retraining = RetrainingRequests(settings.drift_dir / "retraining.json",
+                                             self.notifier)
         self._build_reference = reference_builder
         self._detectors: dict[str, tuple[ReferenceWindow, DriftDetector]] = {}
         self._check_lock = threading.Lock()
@@ -516,6 +536,14 @@ class DriftMonitor:
                         ", ".join(result.drifted_features) or "the joint distribution",
                         mmd["p_value"], mmd["distance"], result.n_live, result.n_reference,
                         extra=event)
+            self.notifier.notify(
+                "drift_alert", f"{result.model} version {result.version}: data drift on "
+                f"{', '.join(result.drifted_features) or 'the joint distribution'} (MMD "
+                f"p={mmd['p_value']:.3g}; {result.n_live} live vs {result.n_reference} "
+                "reference samples)", model=result.model, version=result.version,
+                drifted_features=result.drifted_features, mmd_p_value=mmd["p_value"],
+                mmd_distance=mmd["distance"], n_live=result.n_live,
+                n_reference=result.n_reference)
             if self.settings.drift_retrain_on_drift:
                 request = self.retraining.open(result)
                 if request is not None:

@@ -147,9 +147,22 @@ def compare(ctx: typer.Context, a: Annotated[str, typer.Argument(help="Version A
     console.print(table)
 
 
+def _aliased_version(settings: Settings, alias: str) -> str:
+    from control_plane.mlflow_store import mlflow_client, model_aliases, store_for
+    from control_plane.reports.collect import UnknownModelVersion
+
+    aliases = model_aliases(mlflow_client(store_for(settings)), settings.model_name)
+    if alias not in aliases:
+        raise UnknownModelVersion(f"{settings.model_name} has no {alias!r} alias",
+                                  model=settings.model_name, alias=alias,
+                                  aliases=sorted(aliases))
+    return aliases[alias]
+
+
 @app.command()
 def report(ctx: typer.Context,
-           version: Annotated[str, typer.Argument(help="Version number.")],
+           version: Annotated[str, typer.Argument(
+               help="Version number, or an alias (champion, challenger, previous).")],
            out: Annotated[Optional[Path], typer.Option(
                help="Write the report here, as .html or .pdf; default: both, under the "
                     "runtime directory's reports/.")] = None,
@@ -164,6 +177,8 @@ def report(ctx: typer.Context,
     settings = cli_settings(ctx)
     if out is not None:
         output_format(out)  # a bad suffix is refused before anything is built
+    if not version.isdigit():  # an alias: the nightly schedule reports on the champion
+        version = _aliased_version(settings, version)
     with console.status(f"building the report of version {version}..."):
         built = build_report(settings, version)
         outs = [out] if out is not None else [

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from control_plane.errors import Busy, Conflict, ControlPlaneError
 from control_plane.mlflow_store import CHALLENGER, CHAMPION, PREVIOUS
+from control_plane.notify import notifier_for
 from control_plane.releases.audit import AuditLog
 from control_plane.releases.fleet import TritonControl
 from control_plane.releases.gates import CandidateRejected, GateContext, checks, class_names
@@ -81,6 +82,7 @@ class Promoter:
         self.model = self.registry.name
         self.model_dir = self.settings.model_repository / self.model
         self.audit = AuditLog(self.settings.audit_file)
+        self.notifier = notifier_for(settings)
         self.actor = actor
         self.progress = progress or (lambda _step: None)
         self._triton: TritonControl | None = None
@@ -150,6 +152,12 @@ class Promoter:
         self.audit.record(self.actor, f"step:{name}", model=self.model, version=version,
                           step=name, seconds=round(time.monotonic() - t0, 3), **detail)
         return detail
+
+    def _tell(self, event: str, version: str, summary: str, **details) -> None:
+        """The decision, to the configured channels (control_plane/notify): queued, never in
+        the way of the operation."""
+        self.notifier.notify(event, f"{self.model} version {version} {summary}",
+                             model=self.model, version=version, actor=self.actor, **details)
 
     def _drain(self) -> None:
         """Give every gateway time to pick up the new routing before a version unloads."""
@@ -236,6 +244,8 @@ class Promoter:
             self.audit.record(self.actor, "reject", model=self.model, version=version,
                               outcome="rejected", step=step, reason=exc.message,
                               steps=[s.__dict__ for s in steps])
+            self._tell("candidate_rejected", version, f"rejected at {step}: {exc.message}",
+                       step=step, reason=exc.message)
             exc.details.setdefault("step", step)
             exc.details.setdefault("steps", [{"step": s.step, "ok": s.ok,
                                               "seconds": round(s.seconds, 3), **s.detail}
@@ -291,6 +301,8 @@ class Promoter:
             gates = {k: json.loads(v) for k, v in tags.items() if k.startswith("gate_")}
             self.audit.record(self.actor, "promote", model=self.model, version=version,
                               previous=old, seconds=round(result.seconds, 3), gates=gates)
+            self._tell("promotion", version, f"is the champion (previous: {old or 'none'}; "
+                       f"by {self.actor})", previous=old, gates=gates)
             return result
 
     def canary(self, version: str | int, percent: float) -> OperationResult:
@@ -310,6 +322,8 @@ class Promoter:
             result = self._result("canary", version, steps, t0)
             self.audit.record(self.actor, "canary", model=self.model, version=version,
                               percent=percent, seconds=round(result.seconds, 3))
+            self._tell("canary_started", version, f"is the challenger with {percent:g}% of "
+                       f"streams (by {self.actor})", percent=percent)
             return result
 
     def abort_canary(self) -> OperationResult:
@@ -326,6 +340,7 @@ class Promoter:
             self._apply_served(self._served() - {int(version)})
             result = self._result("canary_abort", version, [], t0)
             self.audit.record(self.actor, "canary_abort", model=self.model, version=version)
+            self._tell("canary_aborted", version, f"canary aborted (by {self.actor})")
             return result
 
     def rollback(self, to: str | int | None = None) -> OperationResult:
@@ -361,6 +376,8 @@ class Promoter:
             result = self._result("rollback", target, steps, t0)
             self.audit.record(self.actor, "rollback", model=self.model, version=target,
                               rolled_back=current, seconds=round(result.seconds, 3))
+            self._tell("rollback", target, f"is the champion again: version {current} rolled "
+                       f"back (by {self.actor})", rolled_back=current)
             return result
 
 

@@ -46,7 +46,8 @@ LOCK_COMMAND = "python3 -m control_plane.stack.environment lock"
 DEBIAN_PACKAGES = ("libb64-0d", "prometheus", "libpango-1.0-0", "libpangoft2-1.0-0")
 # chromium: the demo page's tests drive a real headless browser (tests/test_demo_page.py). Only
 # the `test` command installs it (reexec_in_venv), so `up` never pulls a browser.
-TEST_DEBIAN_PACKAGES = ("chromium",)
+# prometheus-alertmanager: its `amtool check-config` checks k8s/base/config/alertmanager.yml.
+TEST_DEBIAN_PACKAGES = ("chromium", "prometheus-alertmanager")
 
 
 def _stamp_value() -> str:

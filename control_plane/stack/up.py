@@ -189,6 +189,26 @@ def local_tokens(settings: Settings) -> dict[str, str]:
             "operator": store.create("local-operator", ["release", "sre"])}
 
 
+def local_schedule(settings: Settings):
+    """The scheduled jobs (control_plane/schedules) that `up` runs itself once the stack is up,
+    as `visionguard` child processes with a token of the roles they need; None when
+    VG_SCHEDULE_ENABLED is off. Built before anything starts: a bad cron expression stops `up`
+    at once (InvalidSchedule)."""
+    from control_plane.auth import TokenStore
+    from control_plane.schedules.jobs import jobs
+    from control_plane.schedules.runner import CliLauncher, Scheduler, validate
+
+    if not settings.schedule_enabled:
+        return None
+    scheduled = jobs(settings)
+    validate(scheduled)
+    roles = sorted({job.role for job in scheduled if job.role})
+    token = TokenStore(settings.tokens_file).create("local-schedule", roles)
+    launcher = CliLauncher({**stack_environment(settings), "VG_CONTROL_URL": settings.control_url,
+                            "VG_TOKEN": token}, settings.runtime_dir / "logs")
+    return Scheduler(scheduled, launcher, on_stop=launcher.terminate)
+
+
 def gateway_command(settings: Settings) -> list[str]:
     return [sys.executable, "-m", "uvicorn", "tracker_service.app:create_app", "--factory",
             "--host", settings.host, "--port", str(settings.gateway_port),
@@ -363,6 +383,7 @@ def run_up(settings: Settings, weights: str | None, console: Console) -> int:
 
 def _run(settings: Settings, weights: str | None, console: Console, status: StatusFile,
          supervisor: Supervisor) -> int:
+    schedule = local_schedule(settings)
     try:
         tokens = local_tokens(settings)
         _phase(status, "starting", "starting the control plane, the MLflow UI and the gateway")
@@ -388,6 +409,8 @@ def _run(settings: Settings, weights: str | None, console: Console, status: Stat
             console.print(f"    mlflow  http://{settings.host}:{settings.mlflow_ui_port}")
         console.print(f"    logs    {supervisor.log_dir}  state {status.path}")
         console.print("    a process that exits is restarted; Ctrl-C stops everything")
+        if schedule is not None:
+            schedule.start()
     except RuntimeError as exc:
         _phase(status, "failed", f"failed to start: {str(exc).splitlines()[0]}")
         supervisor.stop()
@@ -414,6 +437,8 @@ def _run(settings: Settings, weights: str | None, console: Console, status: Stat
         console.print("stopping...")
         _phase(status, "stopping", "the stack is stopping")
         code = 0
+    if schedule is not None:
+        schedule.stop()
     supervisor.stop()
     if code == 0:
         _phase(status, "stopped", "the stack was stopped")
