@@ -315,6 +315,14 @@ def test_coco_import_remaps_classes_drops_crowd_keeps_empty_images(yolo, store, 
     kept = store.import_(tmp_path / "coco", fmt="coco", name="shapes", crowd="keep")
     assert kept.version.version != v.version
     assert kept.version.counts["train"]["boxes"] == v.counts["train"]["boxes"] + 1
+    # another class order on request (a model's): the note says where each category went
+    ordered = store.import_(tmp_path / "coco", fmt="coco", name="shapes", classes=SHAPES,
+                            allow_class_change=True).version
+    assert ordered.classes == SHAPES
+    assert ordered.notes["category_ids"] == {str(CATEGORY_IDS[n]): SHAPES.index(n)
+                                             for n in SHAPES}
+    src = next(p for p in sorted((yolo / "labels" / "train").glob("*.txt")) if p.stat().st_size)
+    assert (labels(ordered.labels_dir("train") / src.name)[:, 0] == labels(src)[:, 0]).all()
 
 
 def test_single_coco_file_is_split_by_file_name(yolo, store, tmp_path):

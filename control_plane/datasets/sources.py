@@ -70,6 +70,9 @@ class SourceDataset:
         table = np.array([classes.index(c) for c in self.classes] or [0], np.int64)
         for im in self.images:
             im.class_id = table[im.class_id] if len(im.class_id) else im.class_id
+        if "category_ids" in self.notes:  # COCO: each category id's class, renumbered too
+            self.notes["category_ids"] = {cid: int(table[i]) for cid, i
+                                          in self.notes["category_ids"].items()}
         self.classes = list(classes)
 
 

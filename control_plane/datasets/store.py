@@ -282,6 +282,7 @@ def _check_classes(store: DatasetStore, job: _Job) -> None:
                 f"({previous[-1].classes}); import under another name, or allow a new class "
                 "set (--new-classes)", source=dataset.classes,
                 expected=previous[-1].classes) from None
+    job.notes.update(dataset.notes)  # a renumbering renumbers COCO's category ids too
     if previous and not job.allow_class_change and dataset.classes != previous[-1].classes:
         raise ClassMismatch(f"the classes {dataset.classes} differ from {previous[-1].ref}'s "
                             f"{previous[-1].classes}; allow a new class set (--new-classes)",
