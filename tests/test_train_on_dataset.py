@@ -149,6 +149,11 @@ def test_run_names_the_dataset_and_logs_metrics_and_artifacts(fine_tuned, client
     p = run.data.params
     assert (p["dataset"], p["dataset_hash"], p["kind"]) == (shapes.ref, shapes.hash, "dataset")
     assert (p["epochs"], p["imgsz"]) == (str(EPOCHS), str(SIZE))
+    # from trained weights: the gentle schedule (no warmup that would wreck the trained head)
+    from control_plane.training.train import FINE_TUNE_TRAIN_ARGS
+
+    assert {k: p[f"train.{k}"] for k in FINE_TUNE_TRAIN_ARGS} == {
+        k: str(v) for k, v in FINE_TUNE_TRAIN_ARGS.items()}
     inputs = {(i.dataset.name, i.dataset.digest): {t.key: t.value for t in i.tags}[
         "mlflow.data.context"] for i in run.inputs.dataset_inputs}
     assert inputs == {("shapes", shapes.hash[:36]): "training",
