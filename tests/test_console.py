@@ -40,7 +40,8 @@ pytestmark = [
 CHAMPION_METRICS = {"val_mAP50": "0.0123", "val_mAP50-95": "0.0051"}
 CANDIDATE_METRICS = {"val_mAP50": "0.0150", "val_mAP50-95": "0.0062"}
 EVAL_DATASET = "synthetic-shapes-v1-seed0"
-QUESTION = "did the control plane start?"
+# Answered from the gateway's own lines: its routing changed when this test made a champion.
+QUESTION = "when did the gateway's routing change?"
 
 
 @dataclass
@@ -244,7 +245,7 @@ def test_console_signs_in_shows_releases_decides_and_asks(console, context, tmp_
     answer = answered.value.json()
     assert answered.value.status == 200 and answer["question"] == QUESTION
     assert page.text_content("#logs-answer") == answer["answer"] != ""
-    assert answer["citations"], "the stack's logs hold the control plane's start"
+    assert answer["citations"], "the stack's logs hold the gateway's routing changes"
     shown = page.eval_on_selector_all("#logs-citations li", "items => items.map(i => i.value)")
     assert shown == [c["ref"] for c in answer["citations"]]
 
