@@ -169,6 +169,20 @@ def gateway_process(stack: Stack, log_dir: Path, **settings: str):
         yield url
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium under Playwright (tests/browser.py), once per test module."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                             args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
 @pytest.fixture(scope="session")
 def bus_jpg() -> bytes:
     return (ultralytics_assets() / "bus.jpg").read_bytes()

@@ -28,14 +28,9 @@ import pytest
 from control_plane.auth import TokenStore
 from control_plane.drift.commands import RETRAINING_TAG
 from control_plane.drift.commands import _retrained_requests as retrained_requests
-from tests.test_demo_page import CHROMIUM, CHROMIUM_ARGS, is_expected_http_error, screenshot
+from tests.browser import is_expected_http_error, requires_chromium, screenshot
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not CHROMIUM.exists(),
-                       reason="Debian's chromium is not installed (apt-get install chromium; "
-                              "`python3 -m control_plane test` installs it where it runs as root)"),
-]
+pytestmark = [pytest.mark.integration, requires_chromium]
 
 CHAMPION_METRICS = {"val_mAP50": "0.0123", "val_mAP50-95": "0.0051"}
 CANDIDATE_METRICS = {"val_mAP50": "0.0150", "val_mAP50-95": "0.0062"}
@@ -103,17 +98,6 @@ def console(stack) -> Console:
     assert answered in retrained_requests(s)
     return Console(f"http://127.0.0.1:{s.control_port}", tokens, champion, candidate, answered,
                    s)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                             args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

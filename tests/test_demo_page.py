@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import io
 import re
-import shutil
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -22,35 +21,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.browser import is_expected_http_error, requires_chromium, screenshot
 from tests.conftest import gateway_process
 
-CHROMIUM = Path("/usr/bin/chromium")
-# As seen to work on these machines: no sandbox as root, and no background connections, which a
-# closed network refuses many at a time.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
 DETECT_PARAMS = {"conf": "0.0001", "max_det": "10"}  # the seeded model's scores are about 1e-4
 VIDEO_FRAMES, VIDEO_FPS = 16, 10
 UNDECODABLE = b"definitely not a jpeg"
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not CHROMIUM.exists(),
-                       reason="Debian's chromium is not installed (apt-get install chromium; "
-                              "`python3 -m control_plane test` installs it where it runs as root)"),
-]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                             args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+pytestmark = [pytest.mark.integration, requires_chromium]
 
 
 @pytest.fixture
@@ -64,11 +42,6 @@ def page(browser):
             and page.problems.append(f"console: {msg.text}"))
     yield page
     context.close()
-
-
-def is_expected_http_error(text: str) -> bool:
-    """Chromium logs every 4xx fetch as a console error; the error test asks for those."""
-    return text.startswith("Failed to load resource: the server responded with a status of 4")
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +69,6 @@ def upload(page, name: str, mime_type: str, data: bytes) -> None:
 def wait_for_state(page, state: str, timeout_s: float = 60) -> None:
     page.wait_for_selector(f'#status[data-state="{state}"]', state="attached",
                            timeout=timeout_s * 1000)
-
-
-def screenshot(page, tmp_path: Path, name: str) -> None:
-    path = tmp_path / name
-    page.screenshot(path=str(path), full_page=True)
-    shutil.copyfile(path, Path("/tmp") / name)
 
 
 def table_rows(page) -> list[list[str]]:
