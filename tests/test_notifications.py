@@ -17,16 +17,12 @@ running Triton; they call the same `Notifier.notify` next to their audit records
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from prometheus_client import generate_latest
@@ -36,74 +32,17 @@ from control_plane.api.metrics import ControlPlaneMetrics
 from control_plane.notify import Notifier, build_notifier, notifier_for
 from control_plane.notify.channels import WebhookChannel
 from control_plane.settings import Settings
+from tests.webhook_receiver import Receiver, receiving, signature_ok
 from tracker_service.webhooks import verify
 
 SECRET = "notify-test-secret"
 TIMEOUT_S = 0.5
 
 
-class Receiver:
-    """A local HTTP server: /ok and /apprise answer 200, /fail answers 500, /slow sleeps past the
-    notifier's deadline, /block holds the request until `release` is set. Every request is
-    recorded with its path; `entered` is set when a request arrives."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, dict, bytes]] = []
-        self.release = threading.Event()
-        self.entered = threading.Event()
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                with receiver.lock:
-                    receiver.requests.append((self.path, dict(self.headers), body))
-                receiver.entered.set()
-                if self.path == "/slow":
-                    time.sleep(TIMEOUT_S * 3)
-                if self.path == "/block":
-                    receiver.release.wait(30)
-                try:
-                    self.send_response(500 if self.path == "/fail" else 200)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                except OSError:
-                    pass  # the sender gave up on us
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def on(self, path: str) -> list[tuple[dict, bytes]]:
-        with self.lock:
-            return [(h, b) for p, h, b in self.requests if p == path]
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    r.thread.start()
-    try:
+    with receiving(slow_s=TIMEOUT_S * 3) as r:
         yield r
-    finally:
-        r.release.set()
-        r.server.shutdown()
-        r.server.server_close()
-
-
-def signature_ok(headers: dict, body: bytes) -> bool:
-    """The receiver's own check, written from the documented scheme (not with webhooks.py)."""
-    ts = headers["X-VisionGuard-Timestamp"]
-    expected = "sha256=" + hmac.new(SECRET.encode(), ts.encode() + b"." + body,
-                                    hashlib.sha256).hexdigest()
-    return (hmac.compare_digest(expected, headers["X-VisionGuard-Signature"])
-            and abs(time.time() - int(ts)) < 60)
 
 
 def settings_for(tmp_path, **notify_settings) -> Settings:
@@ -143,7 +82,7 @@ def test_webhooks_are_signed_as_the_gateways_and_filtered_by_event(receiver, tmp
     assert [h["X-VisionGuard-Event"] for h, _ in got] == ["promotion", "rollback"]
     for headers, body in got:
         payload = json.loads(body)
-        assert signature_ok(headers, body)
+        assert signature_ok(headers, body, SECRET)
         assert verify(SECRET, body, headers["X-VisionGuard-Timestamp"],
                       headers["X-VisionGuard-Signature"])
         assert not verify(SECRET, body + b" ", headers["X-VisionGuard-Timestamp"],
@@ -195,7 +134,7 @@ def test_a_500_and_a_timeout_never_block_the_caller_and_are_counted_and_logged(
     fails, slows = receiver.on("/fail"), receiver.on("/slow")
     assert len(fails) == 2 and len(slows) == 2  # the first attempt and one retry each
     assert len({h["X-VisionGuard-Delivery"] for h, _ in fails}) == 1  # same id on the retry
-    assert all(signature_ok(h, b) for h, b in fails + slows)
+    assert all(signature_ok(h, b, SECRET) for h, b in fails + slows)
     assert sent_count("webhook", "failed") == failed + 2
     assert sent_count("webhook", "retried") == retried + 2
     problems = sorted(r.error for r in caplog.records
@@ -208,7 +147,7 @@ def test_a_500_and_a_timeout_never_block_the_caller_and_are_counted_and_logged(
 def test_a_full_queue_drops_the_oldest_and_counts_it(receiver, tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="visionguard.notify")
     dropped = sent_count("webhook", "dropped")
-    channel = WebhookChannel(f"{receiver.url}/block", SECRET, timeout_s=10)
+    channel = WebhookChannel(f"{receiver.url}/hang", SECRET, timeout_s=10)
     with closing(Notifier([channel], queue_size=2)) as notifier:
         notifier.notify("promotion", "first: in flight", version="1")
         assert receiver.entered.wait(5)  # the worker holds the first; the queue is empty
@@ -217,7 +156,7 @@ def test_a_full_queue_drops_the_oldest_and_counts_it(receiver, tmp_path, caplog)
         assert notifier.pending == 3  # one in flight, two queued
         receiver.release.set()
         assert notifier.flush(10)
-    versions = [json.loads(b)["version"] for _, b in receiver.on("/block")]
+    versions = [json.loads(b)["version"] for _, b in receiver.on("/hang")]
     assert versions == ["1", "4", "5"]
     assert sent_count("webhook", "dropped") == dropped + 2
     assert any(getattr(r, "event", "") == "notification_dropped" for r in caplog.records)
@@ -268,7 +207,7 @@ def test_the_drift_monitor_tells_of_drift_and_retraining_decisions(receiver, tmp
     got = [(h, json.loads(b)) for h, b in receiver.on("/ok")]
     assert [p["event"] for _, p in got] == ["drift_alert", "retraining_requested",
                                             "retraining_approved"]
-    assert all(signature_ok(h, b) for h, b in receiver.on("/ok"))
+    assert all(signature_ok(h, b, SECRET) for h, b in receiver.on("/ok"))
     alert = got[0][1]
     assert alert["model"] == "detector" and alert["version"] == "7"
     assert alert["details"]["drifted_features"] == ["brightness"]

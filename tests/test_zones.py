@@ -17,16 +17,10 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import re
 import shutil
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cv2
 import httpx
@@ -34,6 +28,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import free_ports, gateway_process
+from tests.webhook_receiver import receiving, signature_ok
 from tracker_service.errors import InvalidRequest
 from tracker_service.tracking import TrackState
 from tracker_service.webhooks import WebhookSender, sign, verify
@@ -267,64 +262,6 @@ async def test_zones_set_before_the_frame_size_is_known_are_checked_at_the_first
 SECRET = "test-secret"
 
 
-class Receiver:
-    """A local HTTP server: /ok answers 204 and records the request, /fail answers 500, /hang
-    holds the request until `release` is set; every request is recorded with its path."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, dict, bytes]] = []
-        self.release = threading.Event()
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                with receiver.lock:
-                    receiver.requests.append((self.path, dict(self.headers), body))
-                if self.path == "/hang":
-                    receiver.release.wait(30)
-                status = 500 if self.path == "/fail" else 204
-                try:
-                    self.send_response(status)
-                    self.end_headers()
-                except OSError:
-                    pass  # the sender gave up on us
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def on(self, path: str) -> list[tuple[dict, bytes]]:
-        with self.lock:
-            return [(h, b) for p, h, b in self.requests if p == path]
-
-
-@contextmanager
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    r.thread.start()
-    try:
-        yield r
-    finally:
-        r.release.set()
-        r.server.shutdown()
-        r.server.server_close()
-
-
-def signature_ok(headers: dict, body: bytes) -> bool:
-    """The receiver's own check, written from the documented scheme (not with webhooks.py)."""
-    ts = headers["X-VisionGuard-Timestamp"]
-    expected = "sha256=" + hmac.new(SECRET.encode(), ts.encode() + b"." + body,
-                                    hashlib.sha256).hexdigest()
-    return (hmac.compare_digest(expected, headers["X-VisionGuard-Signature"])
-            and abs(time.time() - int(ts)) < 60)
-
-
 def test_sign_and_verify():
     body = b'{"a":1}'
     good = sign(SECRET, 1_000_000, body)
@@ -340,7 +277,7 @@ def test_sign_and_verify():
 
 
 async def test_deliveries_are_signed_retried_and_counted():
-    with receiver() as r:
+    with receiving() as r:
         outcomes: list[str] = []
         sender = WebhookSender([f"{r.url}/ok", f"{r.url}/fail"], SECRET, timeout_s=2.0,
                                retries=2, backoff_s=0.01, on_outcome=outcomes.append)
@@ -350,18 +287,18 @@ async def test_deliveries_are_signed_retried_and_counted():
         await sender.close(drain_s=10)
     got = r.on("/ok")
     assert [json.loads(b)["n"] for _, b in got] == [0, 1, 2]  # in order
-    assert all(signature_ok(h, b) for h, b in got)
+    assert all(signature_ok(h, b, SECRET) for h, b in got)
     assert {h["X-VisionGuard-Event"] for h, _ in got} == {"test_event"}
     # /fail: 3 attempts per delivery, each signed again, one delivery id across them.
     failed = r.on("/fail")
-    assert len(failed) == 9 and all(signature_ok(h, b) for h, b in failed)
+    assert len(failed) == 9 and all(signature_ok(h, b, SECRET) for h, b in failed)
     assert len({h["X-VisionGuard-Delivery"] for h, _ in failed}) == 3
     assert sender.counts == {"delivered": 3, "retried": 6, "failed": 3, "dropped": 0}
     assert sorted(outcomes) == sorted(["delivered"] * 3 + ["retried"] * 6 + ["failed"] * 3)
 
 
 async def test_a_hanging_receiver_times_out_and_a_full_queue_drops_the_oldest():
-    with receiver() as r:
+    with receiving() as r:
         sender = WebhookSender([f"{r.url}/hang", f"{r.url}/ok"], SECRET, timeout_s=0.3,
                                queue_size=2, retries=0)
         await sender.start()
@@ -483,7 +420,7 @@ def zones_detector(stack, trained_checkpoint):
 
 @pytest.fixture(scope="module")
 def hooks():
-    with receiver() as r:
+    with receiving() as r:
         yield r
 
 
@@ -593,12 +530,12 @@ def test_a_shape_crossing_a_line_and_a_zone_gives_events_counts_logs_and_webhook
         time.sleep(0.5)
     assert outcome["retried"] >= payloads + 1 and outcome["dropped"] == 0
     delivered = hooks.on("/ok")
-    assert len(delivered) == payloads and all(signature_ok(h, b) for h, b in delivered)
+    assert len(delivered) == payloads and all(signature_ok(h, b, SECRET) for h, b in delivered)
     assert [e for _, b in delivered for e in json.loads(b)["events"]] == events
     assert {json.loads(b)["trace_id"] for _, b in delivered} <= set(trace_of.values())
     assert len(hooks.on("/fail")) == 2 * payloads  # each delivery: tried, retried, given up
     hung = hooks.on("/hang")
-    assert all(signature_ok(h, b) for h, b in hung)
+    assert all(signature_ok(h, b, SECRET) for h, b in hung)
     assert hung[0][0]["X-VisionGuard-Delivery"] == hung[1][0]["X-VisionGuard-Delivery"]
     failures = "\n".join(line for line in log_path.read_text().splitlines()
                          if '"webhook_failed"' in line)
