@@ -192,6 +192,7 @@ def test_ensure_environment_installs_the_lock_then_is_a_no_op(tmp_path, monkeypa
     # Then exactly the lock, hash-checked, from pip's indexes; then the project, editable.
     assert sync[:3] == [str(venv / "bin" / "uv"), "pip", "sync"]
     assert sync[-1] == str(LOCK) and "--require-hashes" in sync
+    assert "--compile-bytecode" in sync  # these machines set PYTHONDONTWRITEBYTECODE
     assert "--index-url https://mirror.example/simple" in " ".join(sync)
     assert editable[:3] == [str(venv / "bin" / "uv"), "pip", "install"]
     assert editable[-2:] == ["-e", str(ROOT)] and "--no-deps" in editable
@@ -223,6 +224,9 @@ def test_the_image_installs_the_project_from_the_lock(name):
                 for command in line[4:].split("&&") if "pip install" in command]
     project = [c for c in installs if re.search(r'(^|\s)("?\.(\[[\w,]+\])?"?)(\s|$)', c)]
     assert project, f"{name} does not install the project"
+    # The images set PYTHONDONTWRITEBYTECODE: without .pyc from the install, every process
+    # would compile its imports from source at each start.
+    assert all("--compile-bytecode" in c for c in project), project
     for command in installs:
         if command.startswith(("pip install", "python3 -m pip install")):
             # pip installs only uv, at the lock's version (the ARG test checks which).

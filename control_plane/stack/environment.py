@@ -213,7 +213,12 @@ def ensure_environment() -> Path:
     uv, options, env = _uv_command(python, resolving=False)
     target = ["--python", str(python)]
     # numpy<2 is pinned in the project: nvidia-pytriton and motmetrics need it.
-    _run([*uv, "sync", *target, "--require-hashes", *options, str(LOCK)], env=env)
+    # --compile-bytecode: uv writes no .pyc by default, and where PYTHONDONTWRITEBYTECODE is set
+    # (these machines set it) Python never caches one either, so every process of the stack and
+    # of the tests compiled torch, MLflow, Ultralytics... from source at each import: the suite
+    # took 16 min in a checkout whose venv had .pyc files and about 25 min in a fresh clone.
+    _run([*uv, "sync", *target, "--require-hashes", "--compile-bytecode", *options, str(LOCK)],
+         env=env)
     _run([*uv, "install", *target, "--no-deps", *options, "-e", str(ROOT)], env=env)
     STAMP.write_text(_stamp_value())
     return python

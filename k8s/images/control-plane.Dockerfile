@@ -36,7 +36,7 @@ COPY model_repository ./model_repository
 # dependency) is the same cv2 without it, so it is the one left installed. uv, which installs
 # them, is removed again.
 RUN pip install --no-cache-dir "uv==${UV_VERSION}" \
- && uv pip install --system --constraint requirements/all.txt ".[export,control,opensearch]" \
+ && uv pip install --compile-bytecode --system --constraint requirements/all.txt ".[export,control,opensearch]" \
       "nvidia-cuda-runtime-cu12==${CUDA_RUNTIME_VERSION}" \
  && uv pip uninstall --system opencv-python \
  && uv pip install --system --no-deps --reinstall --constraint requirements/all.txt \

@@ -23,7 +23,7 @@ COPY model_repository ./model_repository
 # constraints). The lock targets Python 3.11; this image's is 3.12, and every release the extra
 # takes from it has a 3.12 wheel. opencv-python out, the headless build in, as in the exporter.
 RUN python3 -m pip install --no-cache-dir "uv==${UV_VERSION}" \
- && uv pip install --system --constraint requirements/all.txt ".[export]" \
+ && uv pip install --compile-bytecode --system --constraint requirements/all.txt ".[export]" \
  && uv pip uninstall --system opencv-python \
  && uv pip install --system --no-deps --reinstall --constraint requirements/all.txt \
       opencv-python-headless \

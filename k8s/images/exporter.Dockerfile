@@ -24,7 +24,7 @@ COPY model_repository ./model_repository
 # dependency) is the same cv2 without it, so it is the one left installed. uv, which installs
 # them, is removed again.
 RUN pip install --no-cache-dir "uv==${UV_VERSION}" \
- && uv pip install --system --constraint requirements/all.txt ".[export]" \
+ && uv pip install --compile-bytecode --system --constraint requirements/all.txt ".[export]" \
  && uv pip uninstall --system opencv-python \
  && uv pip install --system --no-deps --reinstall --constraint requirements/all.txt \
       opencv-python-headless \

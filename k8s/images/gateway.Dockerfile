@@ -22,7 +22,7 @@ COPY export ./export
 # copies whole.
 RUN pip install --no-cache-dir "uv==${UV_VERSION}" \
  && python -m venv /opt/venv \
- && uv pip install --python /opt/venv/bin/python --constraint requirements/all.txt .
+ && uv pip install --compile-bytecode --python /opt/venv/bin/python --constraint requirements/all.txt .
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 visionguard \
