@@ -647,12 +647,27 @@ def test_control_plane_settings_resolve_in_the_cluster(overlay, monkeypatch):
     env = env_sources(objs, c)
     for key in [k for k in os.environ if k.startswith(("VG_", "OTEL_"))]:
         monkeypatch.delenv(key)
+    # Secret env: only the notification channels, from an optional Secret (the pod starts
+    # without it); each one a variable Settings reads.
+    notify = {"VG_NOTIFY_WEBHOOK_URLS": ("webhook-urls", "https://hooks.example/vg"),
+              "VG_NOTIFY_WEBHOOK_SECRET": ("webhook-secret", "k" * 32),
+              "VG_NOTIFY_APPRISE_URLS": ("apprise-urls", "json://alerts.example/vg")}
     for key, src in env.items():
-        assert "value" in src, f"{key} comes from {src}: the control plane needs no Secret env"
+        if "secretKeyRef" in src:
+            assert key in notify, f"{key} comes from {src}: only notifications come from a Secret"
+            ref = src["secretKeyRef"]
+            assert (ref["name"], ref["key"], ref.get("optional")) == \
+                ("visionguard-notify", notify[key][0], True), f"{key}: {ref}"
+            monkeypatch.setenv(key, notify[key][1])
+            continue
+        assert "value" in src, f"{key} comes from {src}"
         monkeypatch.setenv(key, src["value"])
+    assert set(notify) <= set(env), f"no notification channels wired: {sorted(set(notify) - set(env))}"
     from control_plane.settings import Settings
 
     s = Settings()
+    assert (s.notify_webhook_urls, s.notify_webhook_secret, s.notify_apprise_urls) == \
+        tuple(v for _, v in notify.values())
     services = by_kind(objs, "Service")
 
     def service_port(url: str, port_name: str) -> None:
@@ -1198,7 +1213,8 @@ def test_opensearch_component_settings_resolve(with_opensearch, monkeypatch):
     for key in [k for k in os.environ if k.startswith("VG_")]:
         monkeypatch.delenv(key)
     for key, src in env_sources(objs, c).items():
-        monkeypatch.setenv(key, src["value"])
+        if "value" in src:  # the notification Secret's keys are checked above
+            monkeypatch.setenv(key, src["value"])
     from control_plane.settings import Settings
 
     s = Settings()
