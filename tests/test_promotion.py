@@ -21,6 +21,7 @@ import pytest
 from onnx import numpy_helper
 
 from tests.conftest import checkout_state, gateway_process, run_up, settings_from, stack_env
+from tests.webhook_receiver import receiving, signature_ok
 
 pytestmark = pytest.mark.integration
 
@@ -195,11 +196,15 @@ def test_canary_promote_rollback_under_load_fail_no_request(release, trained_che
     v1 = release.champion
     to_champion, to_challenger = split_streams(50, 3)
     image = shapes_images[0].read_bytes()
-    with Load(release.gateway_url, image,
+    # Each decision is told to a release engineer's webhook (control_plane/notify), signed.
+    secret = "release-hook-secret-0123456789abcdef"
+    with receiving() as hook, Load(release.gateway_url, image,
               [[to_champion[0], to_challenger[0]], [to_champion[1], to_challenger[1]],
                [to_champion[2], to_challenger[2]]]) as load:
         time.sleep(2)
-        canary = promoter(release).canary(v2, 50)
+        notify = {"notify_webhook_urls": f"{hook.url}/releases",
+                  "notify_webhook_secret": secret}
+        canary = promoter(release, **notify).canary(v2, 50)
         assert release.registry.routing().challenger == v2
         assert {s.step for s in canary.steps} >= {"export", "load", "smoke_parity",
                                                   "gate_accuracy", "gate_latency"}
@@ -216,17 +221,25 @@ def test_canary_promote_rollback_under_load_fail_no_request(release, trained_che
                 replica[stream] = r.json()["model"]["version"]
         assert replica == {**{s: v1 for s in to_champion}, **{s: v2 for s in to_challenger}}
         time.sleep(2)  # gateways poll every 0.5 s
-        promoted = promoter(release).promote(v2)
+        promoted = promoter(release, **notify).promote(v2)
         t_promoted = time.monotonic()
         assert release.registry.alias(CHAMPION) == v2
         assert release.registry.alias(PREVIOUS) == v1
         assert triton_ready(release, v1) and triton_ready(release, v2), \
             "the previous champion stays loaded for rollback"
         time.sleep(3)
-        rolled = promoter(release).rollback()
+        rolled = promoter(release, **notify).rollback()
         t_rolled = time.monotonic()
         assert release.registry.alias(CHAMPION) == v1
         time.sleep(3)
+        deadline = time.monotonic() + 15
+        while len(hook.on("/releases")) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    told = [(h, json.loads(b)) for h, b in hook.on("/releases")]
+    assert [(p["event"], p["version"]) for _, p in told] == \
+        [("canary_started", v2), ("promotion", v2), ("rollback", v1)], told
+    assert all(signature_ok(h, b, secret) for h, b in hook.on("/releases"))
+    assert all(p["actor"] == "test" and p["model"] == "detector" for _, p in told)
     records = load.records
     failed = [r for r in records if r[2] != 200]
     assert len(records) > 40, f"too little load to show anything: {len(records)} requests"
