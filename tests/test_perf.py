@@ -10,7 +10,7 @@ import pytest
 
 from control_plane.errors import ControlPlaneError
 from control_plane.perf.analyzer import concurrency_levels
-from tests.conftest import ROOT
+from tests.conftest import ROOT, settings_from
 
 pytestmark = pytest.mark.integration
 
@@ -51,3 +51,96 @@ def test_perf_triton_names_the_levels_that_did_not_settle(stack, tmp_path):
         env={**stack.env, "COLUMNS": "200"}, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "no stable measurement for concurrency [1, 2]" in proc.stderr, proc.stderr
+
+
+# -- `visionguard perf tune` ------------------------------------------------------------------
+
+
+def test_tune_grid_and_config_rewrite_refuse_what_they_cannot_do():
+    from control_plane.perf import tune
+
+    points = tune.grid([1, 2], [0, 500], [(2, 4), ()], [1], max_batch_size=8)
+    assert len(points) == 8 and tune.Point(2, 500, (), 1) in points
+    for bad in (([0], [0], [()], [1]), ([1], [-1], [()], [1]), ([1], [0], [(16,)], [1]),
+                ([], [0], [()], [1])):
+        with pytest.raises(tune.TuneError):
+            tune.grid(*bad, max_batch_size=8)
+    assert tune.parse_sizes("2,4,8;none") == [(2, 4, 8), ()]
+    with pytest.raises(tune.TuneError, match="--preferred"):
+        tune.parse_sizes("2,x")
+    template = (ROOT / "model_repository" / "detector" / "config.pbtxt").read_text()
+    point = tune.Point(2, 1500, (2,), 1)
+    rewritten = tune.config_text(template, point)
+    assert tune.current_point(tune._parse(rewritten)) == point
+    # Only the tuned blocks change: inputs, outputs, version policy and class names stay.
+    unchanged = [line for line in template.splitlines() if "batch_size:" not in line
+                 and "delay" not in line and "instance_group" not in line
+                 and "intra_op_threads" not in line]
+    assert all(line in rewritten.splitlines() for line in unchanged)
+    with pytest.raises(tune.TuneError, match="layout"):
+        tune.config_text(template.replace("dynamic_batching", "sequence_batching"), point)
+
+
+def test_perf_tune_sweeps_triton_applies_the_best_and_keeps_serving(stack, bus_jpg, tmp_path):
+    """Two points (the served config, and two instances) measured by the real perf_analyzer
+    against the real Triton. An impossible budget changes nothing; --apply writes the best
+    point into the live config.pbtxt, which Triton then serves with the same versions."""
+    import json
+
+    import httpx
+
+    from control_plane.perf import tune
+    from export import triton_repo
+
+    settings = settings_from(stack.env)
+    model_dir = settings.model_repository / settings.model_name
+    triton = settings.triton_http_url
+    before = (model_dir / "config.pbtxt").read_text()
+    served = triton_repo.served_versions(model_dir)
+    base = tune.current_point(tune._parse(before))
+    assert base.max_queue_delay_us == 0 and base.instances == 1, base
+    other = tune.Point(2, 0, base.preferred_batch_sizes, base.threads)
+    args = [sys.executable, "-m", "control_plane", "perf", "tune", "--concurrency", "2",
+            "--instances", "1,2", "--threads", str(base.threads), "--queue-delay-us", "0",
+            "--preferred", ",".join(map(str, base.preferred_batch_sizes)) or "none",
+            "--measurement-ms", "1500", "--stability-percentage", "50"]
+    env = {**stack.env, "COLUMNS": "200"}
+
+    def point(d: dict) -> tune.Point:
+        return tune.Point(**{**d, "preferred_batch_sizes": tuple(d["preferred_batch_sizes"])})
+
+    try:
+        one = [a if a != "1,2" else "1" for a in args]  # the served point alone
+        proc = subprocess.run([*one, "--budget-ms", "0.001", "--out", str(tmp_path / "a")],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "no point within the p95 budget" in proc.stdout
+        assert (model_dir / "config.pbtxt").read_text() == before
+
+        proc = subprocess.run([*args, "--budget-ms", "60000", "--apply",
+                               "--out", str(tmp_path / "b")],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "Triton config sweep at concurrency 2" in proc.stdout
+        result = json.loads((tmp_path / "b" / "perf_tune.json").read_text())
+        measured = {point(r["point"]): r for r in result["results"]}
+        assert set(measured) == {base, other}, measured
+        assert all(r["throughput"] > 0 and r["p95_ms"] > 0 and not r["error"]
+                   for r in measured.values()), measured
+        best = max(measured.values(), key=lambda r: r["throughput"])
+        assert result["best"] == best and result["applied"]
+        png = (tmp_path / "b" / "perf_tune.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+        # The file and the served config agree with the best point; versions are unchanged.
+        now = tune.current_point(tune._parse((model_dir / "config.pbtxt").read_text()))
+        assert now == point(best["point"])
+        assert triton_repo.served_versions(model_dir) == served
+        live = httpx.get(f"{triton}/v2/models/{settings.model_name}/config", timeout=30).json()
+        assert live["instance_group"][0]["count"] == now.instances
+        assert live["parameters"]["intra_op_threads"]["string_value"] == str(now.threads)
+        r = httpx.post(f"{stack.gateway_url}/v1/detect", content=bus_jpg,
+                       headers={"content-type": "image/jpeg"}, timeout=60)
+        assert r.status_code == 200, r.text
+    finally:  # the shared stack goes back to the config it had
+        triton_repo.write_config(model_dir, before)
+        httpx.post(f"{triton}/v2/repository/models/{settings.model_name}/load", timeout=300)
