@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--preferred", default="2,4,8;none")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--measurement-ms", type=int, default=4000)
+    parser.add_argument("--stability-percentage", type=float, default=10.0)
     parser.add_argument("--window", type=float, default=8.0, help="in-process seconds per window")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "perf_tune.json")
     args = parser.parse_args()
@@ -120,7 +121,8 @@ def main() -> None:
             with console.status("sweeping") as status:
                 result = tune.tune(
                     settings, points, concurrency=args.concurrency, budget_ms=args.budget_ms,
-                    measurement_ms=args.measurement_ms, out_dir=Path(tmp) / "sweep",
+                    measurement_ms=args.measurement_ms,
+                    stability_percentage=args.stability_percentage, out_dir=Path(tmp) / "sweep",
                     progress=lambda i, n, p: status.update(f"point {i + 1}/{n}: {p.label}"))
         in_process_round()
     reference_name, reference = max(((k, statistics.median(v)) for k, v in inproc.items()),
@@ -133,9 +135,11 @@ def main() -> None:
     for name, rates in inproc.items():
         rate = statistics.median(rates)
         table.add_row(f"in-process, {name}", f"{rate:.1f}", "", f"{rate / reference:.2f}")
-    for label, m in (("Triton, current config", base), ("Triton, tuned (best in budget)",
-                                                        result.best)):
-        if m:
+    for label, m in (("Triton, as exported", base), ("Triton, tuned (best in budget)",
+                                                     result.best)):
+        if m and m.error:
+            table.add_row(f"{label}: {m.point.label}", "not measured", "", m.error[:80])
+        elif m:
             table.add_row(f"{label}: {m.point.label}", f"{m.throughput:.1f}",
                           f"{m.p95_ms:.1f}", f"{m.throughput / reference:.2f}")
     console.print(table)
@@ -145,7 +149,8 @@ def main() -> None:
            "in_process": inproc, "reference": {"how": reference_name, "images_per_s": reference},
            "sweep": result.as_dict(),
            "tuned_over_in_process": (result.best.throughput / reference) if result.best else None,
-           "current_over_in_process": (base.throughput / reference) if base else None}
+           "current_over_in_process": (base.throughput / reference) if base and not base.error
+           else None}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2, default=asdict))
     console.print(f"JSON: {args.out}; plot: {tune.plot(result, args.out.with_suffix('.png'))}")

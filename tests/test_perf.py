@@ -45,6 +45,9 @@ def test_perf_triton_names_the_levels_that_did_not_settle(stack, tmp_path):
     """One window per level can never show three stable windows: perf_analyzer drops the
     level and exits 0; the command must say so and fail, not print a short table."""
     out = tmp_path / "perf.csv"
+    # A CSV left by an earlier run (perf tune reuses one path per point) must not pass for
+    # this run's: perf_analyzer writes none when no level settles.
+    out.write_text("Concurrency,Inferences/Second,p50 latency\n1,10,1000\n2,12,1500\n")
     proc = subprocess.run(
         [sys.executable, "-m", "control_plane", "perf", "triton", "--concurrency", "1:2:1",
          "--measurement-ms", "500", "--max-trials", "1", "--out", str(out)],

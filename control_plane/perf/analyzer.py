@@ -120,6 +120,8 @@ def run_perf_analyzer(settings: Settings, *, concurrency: str = "1:4:1", shape: 
     levels = concurrency_levels(concurrency)
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
+    # An earlier run's CSV must not pass for this one's when perf_analyzer writes none.
+    csv_path.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="vg-perf-") as tmp:
         h, w = write_input_data(Path(tmp) / "data", imgsz or settings.imgsz)
         cmd = [
