@@ -28,6 +28,10 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.handlers.base import BaseRouteHandler
 
 ROLES = ("release", "sre", "gateway", "viewer")
+# People's roles: each may read the state of the releases, drift and models. A gateway's token
+# reads only what a gateway needs (the routing, the drift status) and posts drift features, so
+# a leaked gateway token does not open the console or the registry.
+READERS = ("viewer", "release", "sre")
 
 
 @dataclass(frozen=True)
@@ -110,15 +114,21 @@ def principal_of(connection: ASGIConnection) -> Principal:
     return principal
 
 
-def requires(role: str | None = None):
-    """A Litestar guard: any valid token (role None), or one that carries `role`."""
+def requires(*roles: str):
+    """A Litestar guard: a token that carries one of `roles`; without roles, a person's token
+    (READERS: viewer, release or sre), which is what reads need."""
+    wanted = frozenset(roles or READERS)
+    unknown = wanted - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown role(s) {sorted(unknown)}")
 
     def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         principal = principal_of(connection)
-        if role is not None and role not in principal.roles:
+        if not wanted & principal.roles:
+            need = " or ".join(repr(r) for r in sorted(wanted))
             raise PermissionDeniedException(
-                f"this call needs the {role!r} role; token {principal.name!r} has "
+                f"this call needs the {need} role; token {principal.name!r} has "
                 f"{sorted(principal.roles)}")
 
-    guard.__name__ = f"requires_{role or 'token'}"
+    guard.__name__ = "requires_" + "_".join(sorted(roles)) if roles else "requires_reader"
     return guard

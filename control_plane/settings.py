@@ -120,9 +120,42 @@ class Settings:
     # every VG_GATEWAY_ROUTING_POLL_S (1 s), so in-flight requests finish on the old version.
     routing_drain_s: float = env("VG_ROUTING_DRAIN_S", 3.0)
     load_timeout_s: float = env("VG_LOAD_TIMEOUT_S", 120.0)
+    # Shadow traffic (releases/shadow.py): the largest share of the champion's requests that
+    # may be mirrored to a shadow version; more is refused (each mirror is a second inference).
+    shadow_max_percent: float = env("VG_SHADOW_MAX_PERCENT", 50.0)
     # Every Triton promotion must load versions into (HTTP host:port, comma-separated; a
     # headless Service's name reaches each pod). Empty: the one at host:triton_http_port.
     triton_control_hosts: str = env("VG_TRITON_CONTROL_HOSTS", "")
+
+    # Automated canary analysis (control_plane/releases/canary_analysis.py): `models canary N
+    # --auto` compares the challenger with the champion on live traffic over a window (default
+    # canary_window_s, allowed from min to max) and promotes or aborts. A version needs
+    # min_requests answered requests in the window (too few: the window extends once, then the
+    # canary aborts); the KS test of the score distributions needs min_scores scores a side,
+    # the tracking criterion min_tracked_frames stream frames a side (fewer: skipped). It fails
+    # when the challenger's error rate exceeds the champion's by more than
+    # max_error_rate_increase; when its p95 Triton latency is over max_p95_ratio x the
+    # champion's and over it by more than p95_slack_ms; when its mean detections per image
+    # differ by more than max_detections_change x max(champion's mean, 1); when the KS test's
+    # p-value is under ks_p_value and its statistic over ks_max_statistic; when its fragments
+    # per 100 tracked frames exceed the champion's by more than max_fragment_increase. The
+    # gateways read: CANARY_GATEWAYS (comma-separated host:port or URLs; a name with several
+    # addresses counts each; empty: gateway_url), every poll_s while the window runs.
+    canary_window_s: float = env("VG_CANARY_WINDOW_S", 600.0)
+    canary_min_window_s: float = env("VG_CANARY_MIN_WINDOW_S", 10.0)
+    canary_max_window_s: float = env("VG_CANARY_MAX_WINDOW_S", 6 * 3600.0)
+    canary_min_requests: int = env("VG_CANARY_MIN_REQUESTS", 100)
+    canary_min_scores: int = env("VG_CANARY_MIN_SCORES", 200)
+    canary_min_tracked_frames: int = env("VG_CANARY_MIN_TRACKED_FRAMES", 100)
+    canary_max_error_rate_increase: float = env("VG_CANARY_MAX_ERROR_RATE_INCREASE", 0.01)
+    canary_max_p95_ratio: float = env("VG_CANARY_MAX_P95_RATIO", 1.5)
+    canary_p95_slack_ms: float = env("VG_CANARY_P95_SLACK_MS", 20.0)
+    canary_max_detections_change: float = env("VG_CANARY_MAX_DETECTIONS_CHANGE", 0.25)
+    canary_ks_p_value: float = env("VG_CANARY_KS_P_VALUE", 0.01)
+    canary_ks_max_statistic: float = env("VG_CANARY_KS_MAX_STATISTIC", 0.1)
+    canary_max_fragment_increase: float = env("VG_CANARY_MAX_FRAGMENT_INCREASE", 2.0)
+    canary_gateways: str = env("VG_CANARY_GATEWAYS", "")
+    canary_poll_s: float = env("VG_CANARY_POLL_S", 10.0)
 
     # Log RAG (control_plane/logs/). Index folder (index.sqlite: the indexer's offsets and, with
     # the sqlite store, the events and their FTS5 index); empty: <runtime_dir>/log_index.
@@ -211,6 +244,15 @@ class Settings:
     # A drift event opens a retraining request that a person approves
     # (`visionguard drift approve ID`); off by default.
     drift_retrain_on_drift: bool = env("VG_DRIFT_RETRAIN_ON_DRIFT", False)
+    # An approved request trains from the champion on the newest version of its dataset
+    # (control_plane/drift/retraining.py) for this many epochs (0: training's default), then
+    # runs the robustness suite on the candidate: these corruptions (comma-separated; empty:
+    # no suite) at these severities, on at most this many validation images (0: all).
+    retrain_epochs: int = env("VG_RETRAIN_EPOCHS", 0)
+    retrain_robustness_corruptions: str = env("VG_RETRAIN_ROBUSTNESS_CORRUPTIONS",
+                                              "fog,gaussian_noise,motion_blur")
+    retrain_robustness_severities: str = env("VG_RETRAIN_ROBUSTNESS_SEVERITIES", "2")
+    retrain_robustness_max_images: int = env("VG_RETRAIN_ROBUSTNESS_MAX_IMAGES", 100)
 
     # Notifications of release and drift decisions (control_plane/notify/): signed webhooks
     # (comma-separated http(s) URLs and the HMAC secret, the gateway's scheme; VG_WEBHOOK_* are
@@ -269,6 +311,27 @@ class Settings:
     @property
     def datasets_dir(self) -> Path:
         return Path(self.datasets_dir_override or self.runtime_dir / "datasets")
+
+    # Sampled production frames (tracker_service/frame_sampler.py writes them, `visionguard
+    # data export-for-labeling` reads them): the gateway's store. S3 when a bucket is set (the
+    # same VG_GATEWAY_FRAMES_S3_* names as the gateway's, so one environment serves both), else
+    # <runtime_dir>/frames (or VG_GATEWAY_FRAMES_DIR), which `up` gives its gateway.
+    frames_dir_override: str = env("VG_GATEWAY_FRAMES_DIR", "")
+    frames_s3_endpoint: str = env("VG_GATEWAY_FRAMES_S3_ENDPOINT", "")
+    frames_s3_bucket: str = env("VG_GATEWAY_FRAMES_S3_BUCKET", "")
+    frames_s3_access_key: str = env("VG_GATEWAY_FRAMES_S3_ACCESS_KEY", "", "AWS_ACCESS_KEY_ID")
+    frames_s3_secret_key: str = env("VG_GATEWAY_FRAMES_S3_SECRET_KEY", "",
+                                    "AWS_SECRET_ACCESS_KEY")
+    frames_s3_region: str = env("VG_GATEWAY_FRAMES_S3_REGION", "us-east-1", "AWS_DEFAULT_REGION")
+
+    @property
+    def frames_dir(self) -> Path:
+        return Path(self.frames_dir_override or self.runtime_dir / "frames")
+
+    @property
+    def labeling_exports_dir(self) -> Path:
+        """A copy of each labelling export's manifest: what was really sent out."""
+        return self.runtime_dir / "labeling" / "exports"
 
     # Release reports (control_plane/reports/). Sample detections are drawn on this many
     # validation images, at this confidence; a run artifact larger than this many MiB (a

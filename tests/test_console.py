@@ -261,9 +261,11 @@ CONSOLE_CALLS = [
     ("POST", "/v1/drift/retraining/any/reject", {}),
     ("POST", "/v1/logs/query", {"question": QUESTION}),
 ]
-# Those a gateway's token may not make: deciding needs `release`, the logs `sre`. Reads take any
-# valid token (control_plane/auth.py), a gateway's included.
-GATEWAY_REFUSED = [c for c in CONSOLE_CALLS if c[0] == "POST"]
+# Those a gateway's token may not make: every one but the two reads a gateway needs (its
+# routing, the drift status its frame sampler follows). Reads take a person's token (viewer,
+# release or sre: control_plane/auth.py's READERS), deciding `release`, the logs `sre`.
+GATEWAY_NEEDS = [("GET", "/v1/routing", None), ("GET", "/v1/drift/status", None)]
+GATEWAY_REFUSED = [c for c in CONSOLE_CALLS if c not in GATEWAY_NEEDS]
 
 
 @pytest.mark.parametrize(("method", "path", "body"), CONSOLE_CALLS)
@@ -275,13 +277,21 @@ def test_console_calls_without_a_token_get_401(console, method, path, body):
 
 
 @pytest.mark.parametrize(("method", "path", "body"), GATEWAY_REFUSED)
-def test_console_decisions_and_questions_refuse_a_gateway_token(console, method, path, body):
+def test_console_reads_decisions_and_questions_refuse_a_gateway_token(console, method, path,
+                                                                     body):
     r = httpx.request(method, f"{console.url}{path}", json=body,
                       headers=auth(console.tokens["gateway"]), timeout=30)
     assert r.status_code == 403, r.text
     assert r.headers["content-type"].startswith("application/json")
     error = r.json()["error"]
     assert error["code"] == "forbidden" and "console-test-gateway" in error["message"]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), GATEWAY_NEEDS)
+def test_a_gateway_token_reads_what_a_gateway_needs(console, method, path, body):
+    r = httpx.request(method, f"{console.url}{path}", headers=auth(console.tokens["gateway"]),
+                      timeout=30)
+    assert r.status_code == 200, r.text
 
 
 def test_console_page_is_public_static_and_serves_nothing_else(console):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from rich.console import Console
 
 from control_plane.datasets import duplicates, scan, store as store_module
 from control_plane.datasets.errors import (ClassMismatch, DatasetInvalid, DatasetModified,
@@ -469,6 +470,18 @@ def test_a_dataset_that_fails_validation_is_not_imported(yolo, store):
     with pytest.raises(DatasetInvalid, match=r"split_leakage \(1\)"):
         store.import_(yolo, fmt="yolo", name="leaky")
     assert leftovers(store) == []
+    # A refused import's report also says what the import would have clipped.
+    leaky_outside = yolo.parent / "leaky-outside"
+    shutil.copytree(yolo, leaky_outside)
+    plant_box_outside_image(leaky_outside)
+    with pytest.raises(DatasetInvalid, match="split_leakage") as refused:
+        store.import_(leaky_outside, fmt="yolo", name="leaky")
+    assert refused.value.details["report"]["import_notes"] == {"boxes_clipped": 1}
+    from control_plane.datasets.commands import print_report
+
+    out = Console(record=True, width=200)
+    print_report(refused.value.details["report"], out)
+    assert "the import also: boxes clipped 1" in out.export_text()
     # out-of-image boxes: clipped by default, refused when the rule is an error
     yolo2 = yolo.parent / "outside"
     shutil.copytree(yolo, yolo2)

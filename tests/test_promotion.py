@@ -394,6 +394,9 @@ def test_http_api_needs_tokens_and_roles_and_says_why(release):
 
     r = httpx.get(f"{url}/v1/routing", headers=auth["gateway"])
     assert r.status_code == 200 and r.json()["champion"] == release.champion
+    # A gateway's token reads the routing, not the registry (reads need a person's role).
+    r = httpx.get(f"{url}/v1/models", headers=auth["gateway"])
+    assert r.status_code == 403 and "'viewer'" in r.json()["error"]["message"]
     r = httpx.get(f"{url}/v1/audit", headers=auth["viewer"], params={"limit": 5})
     assert r.status_code == 200
     last = r.json()["entries"][-1]

@@ -29,6 +29,7 @@ from tracker_service.demo import demo_router
 from tracker_service.detection import DetectOptions, Detections
 from tracker_service.drift_sampler import DriftSampler
 from tracker_service.errors import GatewayError, InvalidRequest
+from tracker_service.frame_sampler import FrameSampler
 from tracker_service.metrics import GatewayMetrics
 from tracker_service.recorder import RequestRecorder
 from tracker_service.routing_follower import RoutingFollower
@@ -40,6 +41,7 @@ from tracker_service.telemetry import (request_telemetry, setup_logging, setup_t
 from tracker_service.tracking import (OUT_AGE, OUT_CLASS, OUT_ID, OUT_SCORE, OUT_STATE,
                                       HistogramEmbedder, TrackState)
 from tracker_service.triton_client import DetectorClient
+from tracker_service.version_stats import require_internal_token
 from tracker_service.webhooks import WebhookSender
 from tracker_service.zones import LineSpec, StreamZones, ZoneSpec
 
@@ -309,6 +311,14 @@ async def metrics(service: DetectionService) -> Response[bytes]:
     return Response(await service.scrape(), media_type=CONTENT_TYPE_LATEST)
 
 
+@get("/v1/internal/version-stats", guards=[require_internal_token],
+     summary="Per-version samples since `since` (Unix s), for the control plane's canary "
+             "analysis (internal)")
+async def version_stats(service: DetectionService,
+                        since: Annotated[float, Parameter(ge=0)] = 0.0) -> dict:
+    return service.version_stats.snapshot(since)
+
+
 def _error_response(request: Request, status: int, body: dict,
                     headers: dict | None = None) -> Response:
     request.app.state.recorder.error(body["error"]["code"], body["error"].get("message"))
@@ -368,7 +378,9 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
         client = DetectorClient(
             settings.triton_grpc_url, settings.model_name, settings.triton_timeout_s,
             settings.retry_after_s,
-            shared_memory_slots=settings.max_triton_in_flight if settings.shared_memory else 0,
+            # A region per Triton call in flight: the clients' and the shadow workers'.
+            shared_memory_slots=(settings.max_triton_in_flight + settings.shadow_concurrency
+                                 if settings.shared_memory else 0),
             max_image_bytes=settings.imgsz * settings.imgsz * 3)
         drift = DriftSampler(settings, gateway_metrics)
         drift.start()
@@ -384,14 +396,18 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
             on_outcome=lambda outcome: gateway_metrics.webhooks.labels(outcome).inc(),
             user_agent="visionguard-gateway")
         await webhooks.start()
+        frames = FrameSampler(settings, gateway_metrics)
+        frames.start()
         app.state.service = DetectionService(settings, client, routing, streams, embedder, drift,
-                                             gateway_metrics, webhooks)
+                                             gateway_metrics, webhooks, frames=frames)
         evictor = asyncio.create_task(evict_idle_streams(app.state.service))
         try:
             yield
         finally:
             evictor.cancel()
+            await app.state.service.shadow.close()
             await webhooks.close()
+            await frames.close()
             await drift.close()
             await routing.close()
             if hasattr(embedder, "close"):
@@ -400,7 +416,7 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
 
     app = Litestar(
         route_handlers=[detect, stream_frame, delete_stream, put_zones, get_zones, delete_zones,
-                        healthz, readyz, metrics, demo_router()],
+                        healthz, readyz, metrics, version_stats, demo_router()],
         dependencies={"service": Provide(provide_service, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers={

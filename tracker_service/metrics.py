@@ -74,7 +74,27 @@ class GatewayMetrics:
         self.drift_buffer = Gauge(
             "visionguard_gateway_drift_buffer_samples",
             "Drift feature samples waiting to be sent", registry=r)
+        # Production frames kept for labelling (frame_sampler.py).
+        self.frames_sampled = Counter(
+            "visionguard_gateway_frames_sampled_total",
+            "Frames chosen to be kept for labelling, by reason: drift, uncertain, uniform",
+            ["reason"], registry=r)
+        self.frames_dropped = Counter(
+            "visionguard_gateway_frames_dropped_total",
+            "Frames chosen but not kept, by cause: rate_limited, queue_full, paused (the store "
+            "failed and sampling backs off), store_error, storage_full, duplicate",
+            ["cause"], registry=r)
+        for cause in ("rate_limited", "queue_full", "paused", "store_error", "storage_full",
+                      "duplicate"):
+            self.frames_dropped.labels(cause)
+        self.frames_stored_bytes = Counter(
+            "visionguard_gateway_frames_stored_bytes_total",
+            "Bytes of frames and records written to the frame store", registry=r)
+        self.frames_store_usage = Gauge(
+            "visionguard_gateway_frames_store_bytes",
+            "Bytes the frame store holds (this gateway's view)", registry=r)
         self.zones = ZoneMetrics(r)
+        self.shadow = ShadowMetrics(r)
         self.webhooks = Counter(
             "visionguard_gateway_webhooks_total",
             "Webhook deliveries by outcome: delivered, retried (an attempt to be tried again), "
@@ -141,6 +161,43 @@ class ZoneMetrics:
         for line in lines:
             for direction in ("in", "out"):
                 self.crossings.remove(stream_id, line, direction)
+
+
+class ShadowMetrics:
+    """Shadow traffic (tracker_service/shadow.py), by shadow version: requests compared with the
+    champion's answer, boxes on each side and matched, the agreement so far, |score delta| of
+    matched boxes, failed shadow calls and mirrors shed. Series per version shadowed."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.compared = Counter(
+            "visionguard_gateway_shadow_compared_total",
+            "Requests whose shadow answer was compared with the champion's", ["version"],
+            registry=registry)
+        self.boxes = Counter(
+            "visionguard_gateway_shadow_boxes_total",
+            "Boxes of compared requests: champion, shadow, matched (one-to-one at IoU >= the "
+            "match threshold), class_agreed (matched with the same class)",
+            ["version", "kind"], registry=registry)
+        self.box_agreement = Gauge(
+            "visionguard_gateway_shadow_box_agreement",
+            "Matched-box rate so far: 2 x matched / (champion + shadow boxes); 1 = same boxes",
+            ["version"], registry=registry)
+        self.class_agreement = Gauge(
+            "visionguard_gateway_shadow_class_agreement",
+            "Class agreement so far: matched boxes with the same class / matched boxes",
+            ["version"], registry=registry)
+        self.score_delta = Histogram(
+            "visionguard_gateway_shadow_score_delta",
+            "|champion score - shadow score| of matched boxes", ["version"],
+            buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0), registry=registry)
+        self.errors = Counter(
+            "visionguard_gateway_shadow_errors_total",
+            "Shadow calls that failed (the client's answer was never affected)", ["version"],
+            registry=registry)
+        self.shed = Counter(
+            "visionguard_gateway_shadow_shed_total",
+            "Mirrors dropped before their shadow call: queue_full, busy (the gateway held too "
+            "many client requests)", ["version", "reason"], registry=registry)
 
 
 class TritonStats:

@@ -10,6 +10,10 @@ share), never Triton's default, so a candidate being checked in Triton gets no t
 assignment is sticky per stream (a hash of the stream id), so a stream's tracks never jump between
 models; a stateless /v1/detect request is assigned at random with the same share.
 
+A shadow version (issue 15) serves nobody: `shadow_percent`% of the champion's requests are
+mirrored to it in the background and the two answers compared (tracker_service/shadow.py). The
+draw is per request, streams included: a shadow keeps no tracker state, so nothing has to stick.
+
 Standard library and msgspec only: the control plane imports it without the gateway's runtime.
 """
 
@@ -32,16 +36,32 @@ class Routing(msgspec.Struct, frozen=True):
     champion: str | None = None
     challenger: str | None = None
     canary_percent: float = 0.0
+    shadow: str | None = None
+    shadow_percent: float = 0.0
 
     @property
     def revision(self) -> str:
-        """A short hash of what serves (not of the model name): equal routings, equal revisions."""
+        """A short hash of what serves (not of the model name): equal routings, equal revisions.
+        A routing without a shadow hashes as it did before shadows existed."""
         key = f"{self.champion}|{self.challenger}|{self.canary_percent:g}"
+        if self.shadow:
+            key += f"|shadow:{self.shadow}|{self.shadow_percent:g}"
         return hashlib.sha1(key.encode()).hexdigest()[:12]
 
     def as_dict(self) -> dict:
         return {"model": self.model, "champion": self.champion, "challenger": self.challenger,
-                "canary_percent": self.canary_percent, "revision": self.revision}
+                "canary_percent": self.canary_percent, "shadow": self.shadow,
+                "shadow_percent": self.shadow_percent, "revision": self.revision}
+
+    def mirror_to(self, answered_by: str, draw: float | None = None) -> str | None:
+        """The shadow version a request answered by `answered_by` is mirrored to, or None: only
+        the champion's answers are mirrored, to a shadow that is not the champion, at
+        `shadow_percent`% of them."""
+        if not self.shadow or self.shadow_percent <= 0 or self.shadow == answered_by \
+                or answered_by != self.champion:
+            return None
+        return self.shadow if (random.random() if draw is None else draw) * 100 \
+            < self.shadow_percent else None
 
     def choose(self, stream_id: str | None, draw: float | None = None) -> tuple[str, str]:
         """(version, role) for one request; version "" means Triton's default."""

@@ -56,8 +56,9 @@ class RoutingFollower:
                         exc, extra={"event": "routing_fetch_failed"})
             return False
         if routing != self.current:
-            log.info("routing revision %s: champion %s, challenger %s at %g%%", routing.revision,
-                     routing.champion, routing.challenger, routing.canary_percent,
+            log.info("routing revision %s: champion %s, challenger %s at %g%%, shadow %s at "
+                     "%g%%", routing.revision, routing.champion, routing.challenger,
+                     routing.canary_percent, routing.shadow, routing.shadow_percent,
                      extra={"event": "routing_changed", "model_version": routing.champion})
             if self.metrics is not None:
                 self.metrics.routing_info.clear()

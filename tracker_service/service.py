@@ -6,7 +6,8 @@
 - detect: the routing's choice of version (routing.py), and the fallback when a routed version
   has left Triton while this gateway's routing was a poll behind (fetch the routing again and
   answer with its current choice; a routed challenger that Triton does not serve at all falls back
-  to the champion), so a release step never fails a request;
+  to the champion), so a release step never fails a request; the routing's shadow share of the
+  champion's answers is mirrored to the shadow version in the background (shadow.py);
 - track: a stream's frames admitted in order (streams.py), detected concurrently, then applied to
   the stream's own tracker strictly in frame order, with appearance embeddings when the tracker
   uses them; then the stream's zones and lines (zones.py) turn the tracks into counts and
@@ -15,9 +16,9 @@
   failing receiver never delays or fails the frame).
 
 Its collaborators come in through the constructor (the Triton client, the routing follower, the
-stream registry, the embedder, the drift sampler, the metrics), so the decisions are tested with a
-fake Triton client and no server (tests/test_gateway_service.py). Spans and metrics of a request
-are written by its `RequestRecorder` (recorder.py), nowhere else.
+stream registry, the embedder, the drift sampler, the frame sampler, the metrics), so the
+decisions are tested with a fake Triton client and no server (tests/test_gateway_service.py).
+Spans and metrics of a request are written by its `RequestRecorder` (recorder.py), nowhere else.
 """
 
 from __future__ import annotations
@@ -37,16 +38,19 @@ from prometheus_client import generate_latest
 
 from tracker_service.detection import DetectionPipeline, DetectOptions, Detections
 from tracker_service.drift_sampler import DriftSampler
-from tracker_service.errors import ModelNotFound
+from tracker_service.errors import GatewayError, ModelNotFound
+from tracker_service.frame_sampler import FrameSampler
 from tracker_service.metrics import GatewayMetrics
 from tracker_service.recorder import RequestRecorder
 from tracker_service.routing import CHALLENGER, CHAMPION, DEFAULT, EXPLICIT
 from tracker_service.routing_follower import RoutingFollower
 from tracker_service.settings import GatewaySettings
+from tracker_service.shadow import ShadowMirror
 from tracker_service.streams import Stream, StreamRegistry
 from tracker_service.telemetry import annotate
 from tracker_service.tracking import HistogramEmbedder, stream_frame_rate
 from tracker_service.triton_client import DetectorClient
+from tracker_service.version_stats import VersionStats
 from tracker_service.webhooks import WebhookSender
 from tracker_service.zones import (LineCount, LineSpec, StreamZones, ZoneCount, ZoneEvent,
                                    ZoneLimits, ZoneSpec, build_zones)
@@ -85,7 +89,8 @@ class DetectionService:
     def __init__(self, settings: GatewaySettings, client: DetectorClient,
                  routing: RoutingFollower, streams: StreamRegistry,
                  embedder: Embedder | TritonEmbedder, drift: DriftSampler | None,
-                 metrics: GatewayMetrics, webhooks: WebhookSender | None = None) -> None:
+                 metrics: GatewayMetrics, webhooks: WebhookSender | None = None,
+                 frames: FrameSampler | None = None) -> None:
         self.settings = settings
         self.client = client
         self.routing = routing
@@ -94,11 +99,17 @@ class DetectionService:
         self.drift = drift
         self.metrics = metrics
         self.webhooks = webhooks
+        self.frames = frames
         # A stream deleted or evicted (also by the registry itself, to make room) takes its
         # zones' series with it.
         streams.on_drop = metrics.zones.forget
         self.recorder = RequestRecorder(metrics)
         self.pipeline = DetectionPipeline(settings, client, self.recorder)
+        # Raw per-version samples for the control plane's canary analysis (version_stats.py).
+        self.version_stats = VersionStats.from_settings(settings)
+        # Shadow traffic (shadow.py): shed while the gateway holds many client requests.
+        self.shadow = ShadowMirror(settings, client, metrics.shadow,
+                                   busy=lambda: self.pipeline._pending)
 
     async def detect(self, image: ImageSource, opts: DetectOptions) -> Detections:
         async with self.pipeline.admit():
@@ -118,6 +129,7 @@ class DetectionService:
                 stream = await turn()
                 self._check_zones_fit(stream, d.width, d.height)
                 tracks = stream.tracker.update(d.as_array(), embeddings)
+                self.version_stats.tracked(d.model_version, stream_id, tracks)
                 step.tracks(len(tracks))
                 stream.frame_size = (d.width, d.height)
                 tracked = self._zone_events(stream, TrackedFrame(stream_id, frame_no, d, tracks))
@@ -278,11 +290,25 @@ class DetectionService:
                 raise
             d = await self._detect(data, replace(opts, version=version))
         self.recorder.routed(d.model_version, role)
+        if role == CHAMPION:  # mirrored in the background: the client never waits for it
+            shadow = self.routing.current.mirror_to(version)
+            if shadow:
+                self.shadow.offer(d, opts, shadow)
+        # Frames kept for labelling (never blocks: a full queue drops the frame, counted).
+        if self.frames is not None:
+            self.frames.offer(data, d, stream_id)
         return d
 
     async def _detect(self, data: bytes, opts: DetectOptions) -> Detections:
-        d = await self.pipeline.detect(data, opts)
+        try:
+            d = await self.pipeline.detect(data, opts)
+        except GatewayError as exc:
+            if exc.status_code >= 500 and opts.version:  # the version's failure, not the client's
+                self.version_stats.failed(opts.version)
+            raise
         self.recorder.detected(d, len(data))
+        self.version_stats.answered(d.model_version, d.stages.postprocess - d.stages.infer,
+                                    d.scores)
         # Drift features of sampled requests (never blocks: a full buffer drops the sample).
         if self.drift is not None:
             self.drift.offer(d.image, d.scores, d.boxes, conf=opts.conf, classes=opts.classes,

@@ -65,6 +65,34 @@ class GatewaySettings:
     drift_flush_s: float = env("VG_GATEWAY_DRIFT_FLUSH_S", 5.0)
     drift_max_buffer: int = env("VG_GATEWAY_DRIFT_MAX_BUFFER", 2048)
     drift_post_timeout_s: float = env("VG_GATEWAY_DRIFT_POST_TIMEOUT_S", 2.0)
+    # Production frames kept for labelling (tracker_service/frame_sampler.py, issue 14). OFF by
+    # default: frames can be personal data, so keeping them is an operator's explicit choice.
+    # Reasons: drift (while the control plane's last drift check flagged drift, a share of
+    # frames), uncertain (the top detection score in [uncertain_low, uncertain_high)) and
+    # uniform (a small share of all frames). Per stream (or per client without one) at most
+    # `per_stream_per_min` frames a minute; the store holds at most `max_bytes`, the oldest
+    # evicted first, none older than `retention_s`. Frames go to S3 when `s3_bucket` is set,
+    # else to `frames_dir` (`visionguard up` passes <runtime_dir>/frames; empty: sampling off).
+    frames_sampling: bool = env("VG_GATEWAY_FRAMES_SAMPLING", False)
+    frames_dir: str = env("VG_GATEWAY_FRAMES_DIR", "")
+    frames_s3_endpoint: str = env("VG_GATEWAY_FRAMES_S3_ENDPOINT", "")
+    frames_s3_bucket: str = env("VG_GATEWAY_FRAMES_S3_BUCKET", "")
+    frames_s3_access_key: str = env("VG_GATEWAY_FRAMES_S3_ACCESS_KEY", "", "AWS_ACCESS_KEY_ID")
+    frames_s3_secret_key: str = env("VG_GATEWAY_FRAMES_S3_SECRET_KEY", "",
+                                    "AWS_SECRET_ACCESS_KEY")
+    frames_s3_region: str = env("VG_GATEWAY_FRAMES_S3_REGION", "us-east-1", "AWS_DEFAULT_REGION")
+    frames_drift_rate: float = env("VG_GATEWAY_FRAMES_DRIFT_RATE", 0.2)
+    frames_uncertain_low: float = env("VG_GATEWAY_FRAMES_UNCERTAIN_LOW", 0.25)
+    frames_uncertain_high: float = env("VG_GATEWAY_FRAMES_UNCERTAIN_HIGH", 0.5)
+    frames_uncertain_rate: float = env("VG_GATEWAY_FRAMES_UNCERTAIN_RATE", 1.0)
+    frames_uniform_rate: float = env("VG_GATEWAY_FRAMES_UNIFORM_RATE", 0.001)
+    frames_per_stream_per_min: float = env("VG_GATEWAY_FRAMES_PER_STREAM_PER_MIN", 6.0)
+    frames_max_bytes: int = env("VG_GATEWAY_FRAMES_MAX_BYTES", 2 << 30)
+    frames_retention_s: float = env("VG_GATEWAY_FRAMES_RETENTION_S", 7 * 86400.0)
+    frames_queue: int = env("VG_GATEWAY_FRAMES_QUEUE", 32)
+    frames_drift_poll_s: float = env("VG_GATEWAY_FRAMES_DRIFT_POLL_S", 15.0)
+    frames_backoff_s: float = env("VG_GATEWAY_FRAMES_BACKOFF_S", 2.0)
+    frames_max_backoff_s: float = env("VG_GATEWAY_FRAMES_MAX_BACKOFF_S", 60.0)
     # Zones and lines per stream (tracker_service/zones.py): the most per stream, the most
     # points per polygon; a change of side is confirmed after min_frames observations (jitter),
     # and a track unseen for absent_s has left (keep it >= the tracker's lost-track buffer).
@@ -84,6 +112,29 @@ class GatewaySettings:
     webhook_queue: int = env("VG_GATEWAY_WEBHOOK_QUEUE", 1000, "VG_WEBHOOK_QUEUE")
     webhook_retries: int = env("VG_GATEWAY_WEBHOOK_RETRIES", 3, "VG_WEBHOOK_RETRIES")
     webhook_backoff_s: float = env("VG_GATEWAY_WEBHOOK_BACKOFF_S", 0.5)
+    # Shadow traffic (tracker_service/shadow.py, issue 15): mirrored requests wait in a queue of
+    # `shadow_queue` and at most `shadow_concurrency` shadow calls run at once; a mirror is shed
+    # (dropped and counted, never waited for) when the queue is full or when the gateway holds
+    # `shadow_busy_pending` client requests or more (the one being answered included): 4,
+    # since 4 concurrent clients already saturate 2 cores and each mirror is a second inference
+    # (bench/shadow_overhead.py). Boxes match at IoU >= `shadow_match_iou`.
+    shadow_queue: int = env("VG_GATEWAY_SHADOW_QUEUE", 8)
+    shadow_concurrency: int = env("VG_GATEWAY_SHADOW_CONCURRENCY", 1)
+    shadow_busy_pending: int = env("VG_GATEWAY_SHADOW_BUSY_PENDING", 4)
+    shadow_match_iou: float = env("VG_GATEWAY_SHADOW_MATCH_IOU", 0.5)
+    # Per-version samples for the control plane's automated canary analysis
+    # (tracker_service/version_stats.py): ring sizes per version (requests, scores, tracked
+    # frames), versions kept, and the fragment rule (a new id within `fragment_gap_frames`
+    # frames at IoU >= `fragment_iou` of a track that ended). GET /v1/internal/version-stats
+    # needs `Authorization: Bearer <internal_token>` when it is set (the control plane sends
+    # its VG_GATEWAY_TOKEN); empty: open, like /metrics.
+    version_stats_max_requests: int = env("VG_GATEWAY_VERSION_STATS_MAX_REQUESTS", 20_000)
+    version_stats_max_scores: int = env("VG_GATEWAY_VERSION_STATS_MAX_SCORES", 50_000)
+    version_stats_max_frames: int = env("VG_GATEWAY_VERSION_STATS_MAX_FRAMES", 20_000)
+    version_stats_max_versions: int = env("VG_GATEWAY_VERSION_STATS_MAX_VERSIONS", 8)
+    fragment_gap_frames: int = env("VG_GATEWAY_FRAGMENT_GAP_FRAMES", 30)
+    fragment_iou: float = env("VG_GATEWAY_FRAGMENT_IOU", 0.3)
+    internal_token: str = env("VG_GATEWAY_INTERNAL_TOKEN", "")
 
     @property
     def webhook_url_list(self) -> list[str]:

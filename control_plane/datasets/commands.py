@@ -1,4 +1,5 @@
-"""`visionguard data ...`: import, list, show, validate and generate datasets.
+"""`visionguard data ...`: import, list, show, validate and generate datasets; export sampled
+production frames for labelling.
 
 They call the library (`DatasetStore`, `validate`) in-process. On a terminal each step shows a
 progress bar on stderr; elsewhere (a log file, CI) each step is one line there. A refused import or a failed
@@ -83,6 +84,12 @@ def print_report(report: dict, out: Console = console, shown: int = 3) -> None:
             out.print(f"  {name}: ... and {rule['found'] - shown} more")
     stats = ", ".join(f"{s}: {v['images']} images, {v['boxes']} boxes, {v['empty']} without"
                       for s, v in report["stats"].items())
+    applied = {k: v for k, v in report.get("import_notes", {}).items() if v}
+    if applied:
+        out.print("  the import also: " + ", ".join(
+            f"{k.replace('_', ' ')} {v}" for k, v in applied.items())
+            + (" (box_outside_image is a warning: --rule box_outside_image=error refuses them)"
+               if "boxes_clipped" in applied else ""), highlight=False)
     verdict = "[green]passed[/]" if report["passed"] else "[red]FAILED[/]"
     out.print(f"{verdict} {report['target']}: {report['errors']} errors, "
               f"{report['warnings']} warnings ({stats}; {report['seconds']:.1f} s)")
@@ -110,6 +117,38 @@ def _version_table(versions) -> Table:
     return table
 
 
+def _notes_text(notes: dict) -> str:
+    """A version's notes on one line; a labelled import's per-frame lists as their sizes."""
+    def text(value) -> str:
+        if isinstance(value, dict) and any(isinstance(v, (dict, list)) for v in value.values()):
+            return ", ".join(f"{k} {len(v)}" for k, v in value.items())
+        return f"{len(value)} items" if isinstance(value, list) and len(value) > 3 else str(value)
+
+    return ", ".join(f"{k} {text(val)}" for k, val in notes.items())
+
+
+def _labeled_imported(labeled, as_json: bool) -> None:
+    """`_imported`, and what the labelled export added to the champion's dataset."""
+    result = labeled.imported
+    if as_json:
+        v = result.version
+        console.print_json(json.dumps({**v.as_dict(), "created_now": result.created,
+                                       "mlflow_run_id": result.run_id,
+                                       "validation": result.report.as_dict(examples=10),
+                                       "labeled_export": labeled.as_dict()}))
+        return
+    _imported(result, as_json)
+    added = "; ".join(f"{s}: " + ", ".join(f"{n} {r}" for r, n in by.items())
+                      for s, by in labeled.added.items() if by)
+    console.print(f"export {labeled.export_id} added to {labeled.previous.ref}: {added}")
+    for near in labeled.near_duplicates:
+        console.print(f"  near duplicate: {near['frame']} of {near['existing']} "
+                      f"({near['bits']} of 64 hash bits differ)", highlight=False)
+    if labeled.already_present:
+        console.print(f"  not added, already in the dataset: "
+                      f"{', '.join(labeled.already_present)}", highlight=False)
+
+
 def _imported(result, as_json: bool) -> None:
     v = result.version
     if as_json:
@@ -124,7 +163,7 @@ def _imported(result, as_json: bool) -> None:
                        for s, c in v.counts.items())
     console.print(f"{counts}; classes {', '.join(v.classes)}")
     if v.notes:
-        console.print("notes: " + ", ".join(f"{k} {val}" for k, val in v.notes.items()))
+        console.print("notes: " + _notes_text(v.notes))
     if result.run_id:
         console.print(f"MLflow: dataset {v.name} digest {v.hash[:36]} (run {result.run_id})")
 
@@ -132,13 +171,19 @@ def _imported(result, as_json: bool) -> None:
 @app.command("import")
 def import_cmd(
     ctx: typer.Context,
-    src: Annotated[Path, typer.Argument(help="COCO JSON or folder, YOLO folder, VOC folder")],
-    fmt: Annotated[str, typer.Option("--format", help="coco | yolo | voc")],
-    name: Annotated[str, typer.Option(help="dataset name")],
+    src: Annotated[Path, typer.Argument(help="COCO JSON or folder, YOLO folder, VOC folder; "
+                                             "with --labeled-export, a labelled export")],
+    fmt: Annotated[Optional[str], typer.Option("--format", help="coco | yolo | voc")] = None,
+    name: Annotated[Optional[str], typer.Option(help="dataset name")] = None,
+    labeled_export: Annotated[bool, typer.Option(
+        "--labeled-export", help="SRC is an `export-for-labeling` folder with corrected "
+                                 "labels: import it as the next version of the champion's "
+                                 "dataset")] = False,
     images: Annotated[Optional[Path], typer.Option(help="COCO: the images' folder")] = None,
     classes: Annotated[str, typer.Option(help="class order, comma-separated")] = "",
     val_fraction: Annotated[Optional[float], typer.Option(
-        help="val share for a source without a val split")] = None,
+        help="val share for a source without a val split (and of a labelled export's new "
+             "frames)")] = None,
     crowd: Annotated[str, typer.Option(help="COCO crowd boxes: drop | keep")] = "drop",
     new_classes: Annotated[bool, typer.Option(
         "--new-classes", help="allow a class set different from the latest version's")] = False,
@@ -150,19 +195,37 @@ def import_cmd(
     from control_plane.datasets.store import DatasetStore
 
     settings = cli_settings(ctx)
+    if labeled_export and (fmt or name or images or classes or new_classes):
+        raise typer.BadParameter("--labeled-export takes the format, name and classes from the "
+                                 "export and the champion's dataset: no --format, --name, "
+                                 "--images, --classes or --new-classes")
+    if not labeled_export and not (fmt and name):
+        raise typer.BadParameter("--format and --name are required (or --labeled-export)")
     with _progress(progress_console) as progress:
         store = DatasetStore(settings, progress=progress)
         try:
-            result = store.import_(src, fmt=fmt, name=name, images_dir=images,
-                                   classes=[c.strip() for c in classes.split(",") if c.strip()]
-                                   or None, val_fraction=val_fraction, crowd=crowd,
-                                   rules=_rules(settings, rule), allow_class_change=new_classes)
+            if labeled_export:
+                from control_plane.datasets.labeled_import import import_labeled_export
+
+                labeled = import_labeled_export(store, src, val_fraction=val_fraction,
+                                                rules=_rules(settings, rule))
+                result = labeled.imported
+            else:
+                labeled = None
+                result = store.import_(
+                    src, fmt=fmt, name=name, images_dir=images,
+                    classes=[c.strip() for c in classes.split(",") if c.strip()] or None,
+                    val_fraction=val_fraction, crowd=crowd, rules=_rules(settings, rule),
+                    allow_class_change=new_classes)
         except DatasetInvalid as exc:
             _finish(exc.details["report"], as_json, report)
             raise
     if report:
         report.write_text(json.dumps(result.report.as_dict(), indent=1) + "\n")
-    _imported(result, as_json)
+    if labeled is not None:
+        _labeled_imported(labeled, as_json)
+    else:
+        _imported(result, as_json)
 
 
 @app.command("synth")
@@ -227,7 +290,7 @@ def show_cmd(
     table.add_row("without boxes", *(str(s["empty"]) for s in v.counts.values()))
     console.print(table)
     if v.notes:
-        console.print("notes: " + ", ".join(f"{k} {val}" for k, val in v.notes.items()))
+        console.print("notes: " + _notes_text(v.notes))
 
 
 @app.command("validate")
@@ -257,3 +320,37 @@ def validate_cmd(
     _finish(result.as_dict(), as_json, report)
     if not result.passed:
         raise DatasetInvalid(f"dataset {result.summary()}")
+
+
+@app.command("export-for-labeling")
+def export_for_labeling_cmd(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="the export folder (absent or empty)")],
+    since: Annotated[Optional[str], typer.Option(
+        help="frames sampled since: a duration (10m, 2h, 3d) or an ISO-8601 time")] = None,
+    reason: Annotated[Optional[str], typer.Option(
+        help="only frames sampled for: drift | uncertain | uniform")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="at most this many (the newest)")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Write the gateway's sampled frames with the model's predictions as pre-annotations
+    (COCO, Label Studio tasks) for labelling; exit status 3 when no frame matches."""
+    from control_plane.datasets.labeling import export_for_labeling, parse_since
+
+    settings = cli_settings(ctx)
+    with _progress(progress_console) as progress:
+        result = export_for_labeling(settings, out, since=parse_since(since) if since else None,
+                                     reason=reason, limit=limit, progress=progress)
+    summary = {"export_id": result.export_id, "out": str(result.out),
+               "manifest_copy": str(result.manifest_copy), "images": result.images,
+               "annotations": result.annotations, "by_reason": result.by_reason,
+               "skipped": result.skipped}
+    if as_json:
+        console.print_json(data=summary)
+        return
+    console.print(f"export {result.export_id}: {result.images} images, {result.annotations} "
+                  f"pre-annotations in {result.out} (COCO annotations.json, manifest.json, "
+                  f"label_studio.json); by reason "
+                  + ", ".join(f"{k} {v}" for k, v in result.by_reason.items() if v))
+    if result.skipped:
+        console.print("skipped: " + ", ".join(f"{k} {v}" for k, v in result.skipped.items()))

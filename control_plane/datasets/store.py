@@ -181,14 +181,15 @@ class DatasetStore:
                 images_dir: str | Path | None = None, classes: list[str] | None = None,
                 val_fraction: float | None = None, crowd: str = "drop",
                 rules: Mapping[str, Rule] | None = None, allow_class_change: bool = False,
-                source_uri: str | None = None) -> ImportResult:
+                source_uri: str | None = None, notes: Mapping | None = None) -> ImportResult:
         """Import `source` (format `fmt`: coco, yolo or voc) as a version of `name`.
 
         `classes` fixes the class order (the source's names must be among them; default: the
         latest version's classes, else the source's). `crowd`: "drop" COCO crowd boxes (as
         Ultralytics' COCO converter does) or "keep" them as ordinary boxes. `rules`: the
         validation rules (default: the settings'). A class set different from the latest
-        version's is refused unless `allow_class_change`.
+        version's is refused unless `allow_class_change`. `notes`: recorded in the version's
+        notes beside the import's own (a labelled export's origin: `labeled_import.py`).
         """
         if crowd not in ("drop", "keep"):
             raise SourceError(f"crowd must be 'drop' or 'keep', not {crowd!r}")
@@ -198,6 +199,7 @@ class DatasetStore:
                    self.settings.datasets_val_fraction if val_fraction is None else val_fraction,
                    crowd, dict(rules or default_rules(self.settings)), allow_class_change,
                    source_uri)
+        job.notes.update(notes or {})
         folder = self.root / job.name
         created_folder = not folder.exists()
         try:
@@ -371,8 +373,10 @@ def _validate(store: DatasetStore, job: _Job) -> None:
     job.report = validate(job.staging, job.rules, target=f"{job.name} (import)",
                           settings=store.settings, progress=store.progress)
     if not job.report.passed:
-        raise DatasetInvalid(f"not imported: {job.report.summary()}",
-                             report=job.report.as_dict(examples=10))
+        # What the import had already changed (boxes clipped, crowd boxes dropped): a refused
+        # import's report says it too, so fixing the errors holds no surprise.
+        report = {**job.report.as_dict(examples=10), "import_notes": dict(job.notes)}
+        raise DatasetInvalid(f"not imported: {job.report.summary()}", report=report)
 
 
 def _publish(store: DatasetStore, job: _Job) -> None:

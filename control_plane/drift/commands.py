@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from control_plane.drift.retraining import RETRAINING_TAG, NoNewLabelledData
 from control_plane.settings import Settings, cli_settings
 
 app = typer.Typer(help="Data drift: checks, reports and retraining approval.",
@@ -147,8 +148,10 @@ def approve_cmd(
 ) -> None:
     """Approve a retraining request (needs a `release` token), then run training.
 
-    Training (`visionguard train`'s pipeline) registers a new model version; it does not
-    serve until a release engineer promotes it (`visionguard models ...`).
+    Training (`visionguard train --data NEWEST --from champion`, drift/retraining.py) registers
+    a new model version; it does not serve until a release engineer promotes it (`visionguard
+    models ...`). Without labelled production frames the champion has not seen it trains
+    nothing and exits 3.
     """
     decided = _call(cli_settings(ctx), "POST", f"/v1/drift/retraining/{request_id}/approve").json()
     console.print(f"[green]approved[/] retraining request {request_id} "
@@ -159,19 +162,15 @@ def approve_cmd(
     _retrain(cli_settings(ctx), request_id, out_dir)
 
 
-# The registered version trained for a retraining request carries the request's id in this tag,
-# so `retrain-approved` trains each approved request once, whoever ran the training.
-RETRAINING_TAG = "visionguard.retraining_request"
-
-
 def _retrain(settings: Settings, request_id: str, out_dir: Path | None) -> None:
-    """Train once for `request_id`: a lock file per request under the runtime directory keeps
-    `drift approve` and a scheduled `retrain-approved` on this machine from training it twice
-    (the second one finds the lock held, or the version tagged, and says so)."""
+    """Train once for `request_id` (`retraining.retrain`: from the champion, on the newest
+    version of its dataset; refused without new labelled data): a lock file per request under
+    the runtime directory keeps `drift approve` and a scheduled `retrain-approved` on this
+    machine from training it twice (the second one finds the lock held, or the version
+    tagged, and says so)."""
     import fcntl
 
-    from control_plane.mlflow_store import mlflow_client, store_for
-    from control_plane.training.train import train_command
+    from control_plane.drift.retraining import retrain
 
     locks = settings.runtime_dir / "retraining"
     locks.mkdir(parents=True, exist_ok=True)
@@ -185,9 +184,7 @@ def _retrain(settings: Settings, request_id: str, out_dir: Path | None) -> None:
             console.print(f"request {request_id} already has a trained version; skipped")
             return
         out = out_dir or locks / request_id
-        result = train_command(settings, out, console=console)
-        mlflow_client(store_for(settings)).set_model_version_tag(
-            result.registered_name, result.version, RETRAINING_TAG, request_id)
+        result = retrain(settings, request_id, out, console=console)
     console.print(f"retrained for request {request_id}: {result.registered_name} version "
                   f"{result.version}; promote it with `visionguard models` once its gates pass")
 
@@ -209,7 +206,8 @@ def retrain_approved_cmd(
         help="training output folder (one subfolder per request)")] = None,
 ) -> None:
     """Train a new version for each retraining request a person approved and none was trained
-    for yet (the schedule runs this); nothing happens when none waits."""
+    for yet (the schedule runs this); nothing happens when none waits. A request without new
+    labelled data is skipped with its reason (exit 3 at the end): it waits for them."""
     settings = cli_settings(ctx)
     requests = _call(settings, "GET", "/v1/drift/retraining").json()["requests"]
     approved = [r["id"] for r in requests if r["state"] == "approved"]
@@ -217,9 +215,16 @@ def retrain_approved_cmd(
     if not waiting:
         console.print("no approved retraining request waits for training")
         return
+    refused = []
     for request_id in waiting:
         console.print(f"retraining for approved request {request_id}")
-        _retrain(settings, request_id, out_dir / request_id if out_dir else None)
+        try:
+            _retrain(settings, request_id, out_dir / request_id if out_dir else None)
+        except NoNewLabelledData as exc:  # the request waits for labelled frames
+            console.print(f"[yellow]not trained:[/] {exc.message}")
+            refused.append(exc)
+    if refused:
+        raise typer.Exit(refused[0].exit_code)
 
 
 @app.command("reject")

@@ -1,12 +1,13 @@
 """Drift over HTTP: gateways post features, people check, read reports and approve retraining.
 
     POST /v1/drift/features                       gateway   a batch of feature samples
-    GET  /v1/drift/status                         any token window size and the last result
-    POST /v1/drift/check?version=                 any token run a check now (also periodic)
-    GET  /v1/drift/report?format=html|png         any token reference vs live, per feature
-    GET  /v1/drift/retraining                     any token retraining requests
+    GET  /v1/drift/status                         reader or gateway: window, the last result
+    POST /v1/drift/check?version=                 reader    run a check now (also periodic)
+    GET  /v1/drift/report?format=html|png         reader    reference vs live, per feature
+    GET  /v1/drift/retraining                     reader    retraining requests
     POST /v1/drift/retraining/{id}/approve|reject release   a person's decision
 
+A reader is a person's token (viewer, release or sre: control_plane/auth.py's READERS).
 The lifespan runs the periodic check (every `VG_DRIFT_CHECK_INTERVAL_S`) in a worker thread.
 """
 
@@ -24,7 +25,7 @@ import numpy as np
 from litestar import Litestar, MediaType, Request, Response, Router, get, post
 
 from control_plane.errors import ControlPlaneError, NotFound
-from control_plane.auth import principal_of, requires
+from control_plane.auth import READERS, principal_of, requires
 from control_plane.drift.monitor import DriftError, DriftMonitor
 from control_plane.settings import Settings
 from tracker_service.drift_features import FEATURES
@@ -87,7 +88,8 @@ async def post_features(request: Request, data: FeatureBatch) -> dict:
     return {"accepted": len(versions), "window": len(m.window)}
 
 
-@get("/v1/drift/status", guards=[requires()], summary="Live window and the last check")
+@get("/v1/drift/status", guards=[requires(*READERS, "gateway")],
+     summary="Live window and the last check")
 async def status(request: Request) -> dict:
     m = monitor(request)
     s = m.settings

@@ -66,7 +66,9 @@ def _operate(settings: Settings, action: str, fn) -> None:
     r = body["routing"]
     console.print(f"[green]{action} done[/] in {body['seconds']:.1f} s: champion "
                   f"{r['champion']}, challenger {r['challenger'] or '-'} at "
-                  f"{r['canary_percent']:g}% (routing revision {r['revision']})")
+                  f"{r['canary_percent']:g}%"
+                  + (f", shadow {r['shadow']} at {r['shadow_percent']:g}%" if r.get("shadow")
+                     else "") + f" (routing revision {r['revision']})")
 
 
 def _steps(steps: list[dict]) -> None:
@@ -204,15 +206,138 @@ def canary(
     version: Annotated[Optional[str], typer.Argument(help="Version to canary.")] = None,
     percent: Annotated[float, typer.Option(help="Share of streams for the challenger.")] = 10.0,
     abort: Annotated[bool, typer.Option("--abort", help="End the running canary.")] = False,
+    auto: Annotated[bool, typer.Option(
+        "--auto", help="Let the control plane compare the challenger with the champion on live "
+                       "traffic over --window, then promote or abort by itself.")] = False,
+    window: Annotated[Optional[str], typer.Option(
+        help="--auto's window: 30s, 10m, 1h (default VG_CANARY_WINDOW_S).")] = None,
+    status: Annotated[bool, typer.Option(
+        "--status", help="The latest automated analysis (of VERSION, if given).")] = False,
+    detach: Annotated[bool, typer.Option(
+        "--detach", help="With --auto: return once the canary runs, without following the "
+                         "analysis to its decision.")] = False,
 ) -> None:
     """Send percent% of streams (sticky per stream) to a checked challenger; `--abort` ends
-    it, `visionguard models promote <challenger>` completes it."""
+    it, `visionguard models promote <challenger>` completes it. With --auto the running
+    control plane (VG_CONTROL_URL, token VG_TOKEN) decides after the window; the command
+    follows the analysis and exits 0 when the challenger was promoted, 3 otherwise."""
+    settings = cli_settings(ctx)
+    if status:
+        _print_analysis(_api(settings, "GET", f"/v1/models/{version}/canary" if version
+                             else "/v1/canary/analysis"))
+        return
     if abort:
-        _operate(cli_settings(ctx), "canary abort", lambda p: p.abort_canary())
+        _operate(settings, "canary abort", lambda p: p.abort_canary())
         return
     if version is None:
         raise typer.BadParameter("give a version, or --abort")
-    _operate(cli_settings(ctx), "canary", lambda p: p.canary(version, percent))
+    if not auto:
+        _operate(settings, "canary", lambda p: p.canary(version, percent))
+        return
+    from control_plane.releases.canary_analysis import parse_window
+
+    body = {"percent": percent, "auto": True,
+            "window_s": parse_window(window) if window else None}
+    with console.status(f"starting the canary of version {version} (checks and gates)..."):
+        started = _api(settings, "POST", f"/v1/models/{version}/canary", json=body)
+    _steps(started["steps"])
+    a = started["analysis"]
+    console.print(f"[green]canary running[/]: version {version} at {percent:g}% against "
+                  f"champion {a['champion']}; the decision is due in {a['window_s']:g} s "
+                  f"(analysis {a['id']})")
+    if detach:
+        return
+    a = _follow(settings, version)
+    _print_analysis(a)
+    raise typer.Exit(0 if a["status"] == "promoted" else 3)
+
+
+def _api(settings: Settings, method: str, path: str, **kwargs) -> dict:
+    """The control plane's answer; a refusal prints its code and message and exits (2 for a
+    rejected candidate, else 1)."""
+    import httpx
+
+    headers = {"authorization": f"Bearer {settings.token}"} if settings.token else {}
+    try:
+        r = httpx.request(method, f"{settings.control_url}{path}", headers=headers,
+                          timeout=900.0, **kwargs)
+    except httpx.HTTPError as exc:
+        console.print(f"[red]control plane at {settings.control_url} unreachable:[/] {exc}")
+        raise typer.Exit(1) from None
+    if r.status_code >= 400:
+        try:
+            error = r.json()["error"]
+            message = f"{error['code']}: {error['message']}"
+        except (ValueError, KeyError, TypeError):
+            message = r.text[:300]
+        console.print(f"[red]refused ({r.status_code}):[/] {message}")
+        raise typer.Exit(2 if r.status_code == 422 else 1)
+    return r.json()
+
+
+def _follow(settings: Settings, version: str) -> dict:
+    """Poll the analysis until it is over; a line per change of state."""
+    import time
+
+    from control_plane.releases.canary_analysis import ACTIVE
+
+    seen = None
+    with console.status("analysing...") as shown:
+        while True:
+            a = _api(settings, "GET", f"/v1/models/{version}/canary")
+            if a["status"] != seen:
+                console.log(f"analysis {a['id']}: {a['status']}"
+                            + (f" ({a['reason']})" if a.get("reason") else ""))
+                seen = a["status"]
+            if a["status"] not in ACTIVE:
+                return a
+            live = a.get("live") or {}
+            shown.update(f"{a['status']}: {max(0.0, a.get('deadline', 0) - time.time()):.0f} s "
+                         f"left; requests: challenger "
+                         f"{live.get('challenger', {}).get('requests', 0)}, champion "
+                         f"{live.get('champion', {}).get('requests', 0)}")
+            time.sleep(2.0)
+
+
+def _print_analysis(a: dict) -> None:
+    live = a.get("live") or {}
+    table = Table("criterion", "verdict", f"champion v{a.get('champion')}",
+                  f"challenger v{a['version']}", "statistic", "threshold",
+                  title=f"canary analysis {a['id']}: version {a['version']} at "
+                        f"{a['percent']:g}%, window {a['window_s']:g} s"
+                        + (" (extended once)" if a.get("extended") else ""))
+    for c in a.get("criteria", []):
+        verdict = {True: "[green]pass[/]", False: "[red]fail[/]", None: "skipped"}[c["passed"]]
+        table.add_row(c["name"], verdict, _fmt(c["champion"]), _fmt(c["challenger"]),
+                      _fmt(c["statistic"]), c["threshold"])
+    for side in ("champion", "challenger"):
+        numbers = live.get(side)
+        if numbers:
+            table.caption = (table.caption or "") + f"{side}: {json.dumps(numbers)}\n"
+    console.print(table)
+    console.print(f"status [bold]{a['status']}[/]" + (f": {a['reason']}" if a.get("reason")
+                                                      else ""))
+
+
+@app.command()
+def shadow(
+    ctx: typer.Context,
+    version: Annotated[Optional[str], typer.Argument(help="Version to shadow.")] = None,
+    percent: Annotated[float, typer.Option(
+        help="Share of the champion's requests mirrored to it (at most VG_SHADOW_MAX_PERCENT)."
+    )] = 10.0,
+    stop: Annotated[bool, typer.Option("--stop", help="End the running shadow.")] = False,
+) -> None:
+    """Mirror percent% of the champion's requests to a version in the background and compare
+    the answers (gateway metrics visionguard_gateway_shadow_*); clients get the champion's."""
+    from control_plane.releases import shadow as shadows
+
+    if stop:
+        _operate(cli_settings(ctx), "shadow stop", shadows.stop)
+        return
+    if version is None:
+        raise typer.BadParameter("give a version, or --stop")
+    _operate(cli_settings(ctx), "shadow", lambda p: shadows.start(p, version, percent))
 
 
 @app.command()

@@ -34,7 +34,7 @@ from control_plane.notify import notifier_for
 from control_plane.releases.audit import AuditLog
 from control_plane.releases.fleet import TritonControl
 from control_plane.releases.gates import CandidateRejected, GateContext, checks, class_names
-from control_plane.releases.registry import Registry, VersionInfo
+from control_plane.releases.registry import SHADOW, Registry, VersionInfo
 from control_plane.settings import Settings
 from export import triton_repo
 from export.checkpoint import CheckpointError, check_onnx
@@ -121,7 +121,7 @@ class Promoter:
         if listed is not None:
             return set(listed)
         routing = self.registry.routing()
-        keep = {v for v in (routing.champion, routing.challenger,
+        keep = {v for v in (routing.champion, routing.challenger, routing.shadow,
                             self.registry.alias(PREVIOUS)) if v}
         on_disk = set(triton_repo.versions(self.model_dir))
         return {int(v) for v in keep if int(v) in on_disk} or on_disk
@@ -133,6 +133,16 @@ class Promoter:
         triton_repo.set_served_versions(self.model_dir,
                                         None if versions is None else sorted(versions))
         self.triton.load(self.model)
+
+    def _with_shadow(self, keep: set[int], champion: str) -> set[int]:
+        """`keep` and the shadow version, which gateways still mirror to (releases/shadow.py);
+        a shadow that has become the champion stops being one."""
+        shadow = self.registry.alias(SHADOW)
+        if shadow == champion:
+            self.registry.delete_alias(SHADOW)
+            self.registry.set_shadow_percent(0)
+            return keep
+        return keep | ({int(shadow)} if shadow else set())
 
     def _step(self, steps: list[StepResult], name: str, version: str, fn, *args):
         self.progress(name)
@@ -271,7 +281,9 @@ class Promoter:
 
     # --- public operations ------------------------------------------------------------------------
 
-    def promote(self, version: str | int) -> OperationResult:
+    def promote(self, version: str | int, reason: str = "") -> OperationResult:
+        """Make `version` the champion; `reason` (the automated analysis' verdict) goes to the
+        audit log and the notification."""
         version = str(version)
         t0, steps = time.monotonic(), []
         with self._exclusive(f"promote {version}"):
@@ -293,16 +305,18 @@ class Promoter:
                                       promoted_by=self.actor)
             steps.append(StepResult("alias", True, 0.0, {"champion": version, "previous": old}))
             self._drain()
-            keep = {int(version)} | ({int(old)} if old else set())
+            keep = self._with_shadow({int(version)} | ({int(old)} if old else set()), version)
             self._apply_served(keep)
             steps.append(StepResult("unload_old", True, 0.0, {"served": sorted(keep)}))
             result = self._result("promote", version, steps, t0)
             tags = self.registry.get(version).tags  # a canary's gates ran when it started
             gates = {k: json.loads(v) for k, v in tags.items() if k.startswith("gate_")}
+            why = {"reason": reason} if reason else {}
             self.audit.record(self.actor, "promote", model=self.model, version=version,
-                              previous=old, seconds=round(result.seconds, 3), gates=gates)
+                              previous=old, seconds=round(result.seconds, 3), gates=gates, **why)
             self._tell("promotion", version, f"is the champion (previous: {old or 'none'}; "
-                       f"by {self.actor})", previous=old, gates=gates)
+                       f"by {self.actor})" + (f": {reason}" if reason else ""),
+                       previous=old, gates=gates, **why)
             return result
 
     def canary(self, version: str | int, percent: float) -> OperationResult:
@@ -326,7 +340,9 @@ class Promoter:
                        f"streams (by {self.actor})", percent=percent)
             return result
 
-    def abort_canary(self) -> OperationResult:
+    def abort_canary(self, reason: str = "") -> OperationResult:
+        """End the canary; `reason` (the automated analysis' verdict) goes to the audit log
+        and the notification."""
         t0 = time.monotonic()
         with self._exclusive("canary abort"):
             routing = self.registry.routing()
@@ -339,8 +355,11 @@ class Promoter:
             self._drain()
             self._apply_served(self._served() - {int(version)})
             result = self._result("canary_abort", version, [], t0)
-            self.audit.record(self.actor, "canary_abort", model=self.model, version=version)
-            self._tell("canary_aborted", version, f"canary aborted (by {self.actor})")
+            self.audit.record(self.actor, "canary_abort", model=self.model, version=version,
+                              **({"reason": reason} if reason else {}))
+            self._tell("canary_aborted", version, f"canary aborted (by {self.actor})"
+                       + (f": {reason}" if reason else ""),
+                       **({"reason": reason} if reason else {}))
             return result
 
     def rollback(self, to: str | int | None = None) -> OperationResult:
@@ -371,8 +390,9 @@ class Promoter:
             steps.append(StepResult("alias", True, 0.0, {"champion": target,
                                                          "rolled_back": current}))
             self._drain()
-            self._apply_served({int(target)})
-            steps.append(StepResult("unload", True, 0.0, {"served": [int(target)]}))
+            keep = self._with_shadow({int(target)}, target)
+            self._apply_served(keep)
+            steps.append(StepResult("unload", True, 0.0, {"served": sorted(keep)}))
             result = self._result("rollback", target, steps, t0)
             self.audit.record(self.actor, "rollback", model=self.model, version=target,
                               rolled_back=current, seconds=round(result.seconds, 3))

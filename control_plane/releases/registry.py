@@ -3,7 +3,8 @@
 MLflow holds the release state; nothing else does. Aliases (not the deprecated stages):
 `champion` serves, `challenger` is in canary, `previous` is the champion before the last
 promotion, kept loaded for rollback. The canary share is the registered model's tag
-`canary_percent`. Version N in MLflow is version N in Triton.
+`canary_percent`; `shadow` is the version the gateways mirror `shadow_percent`% of the
+champion's requests to (releases/shadow.py). Version N in MLflow is version N in Triton.
 
 Every version carries its evaluation (mAP50 and mAP50-95 on a named dataset, as tags and run
 metrics), its serving ONNX as a run artifact, its lineage (data, parameters, source checkpoint)
@@ -29,6 +30,7 @@ from control_plane.training import train as training
 from tracker_service.routing import Routing
 
 CANARY_TAG = "canary_percent"
+SHADOW, SHADOW_TAG = "shadow", "shadow_percent"  # the shadow's alias and share (issue 15)
 REGISTRY_EXPERIMENT = "visionguard-registry"
 MAP50, MAP = training.METRIC_MAP50, training.METRIC_MAP
 
@@ -132,10 +134,12 @@ class Registry:
         except MlflowException:
             return Routing(self.name, None, None, 0.0)
         aliases = {a: str(v) for a, v in (registered.aliases or {}).items()}
-        challenger = aliases.get(CHALLENGER)
+        challenger, shadow = aliases.get(CHALLENGER), aliases.get(SHADOW)
         percent = _float((registered.tags or {}).get(CANARY_TAG)) or 0.0
+        shadow_percent = _float((registered.tags or {}).get(SHADOW_TAG)) or 0.0
         return Routing(self.name, aliases.get(CHAMPION), challenger,
-                       percent if challenger else 0.0)
+                       percent if challenger else 0.0, shadow,
+                       shadow_percent if shadow else 0.0)
 
     def compare(self, a: str | int, b: str | int) -> dict:
         va, vb = self.get(a), self.get(b)
@@ -164,6 +168,9 @@ class Registry:
 
     def set_canary_percent(self, percent: float) -> None:
         self.client.set_registered_model_tag(self.name, CANARY_TAG, f"{percent:g}")
+
+    def set_shadow_percent(self, percent: float) -> None:
+        self.client.set_registered_model_tag(self.name, SHADOW_TAG, f"{percent:g}")
 
     def tag_version(self, version: str | int, **tags) -> None:
         for key, value in tags.items():

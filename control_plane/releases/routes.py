@@ -1,7 +1,9 @@
-"""Registry and release routes: list, show, compare, report, register, promote, canary, rollback.
+"""Registry and release routes: list, show, compare, report, register, promote, canary, shadow,
+rollback.
 
-Reads need any valid token; changes need the `release` role. Long operations (register,
-promote, canary) run in a worker thread and answer when done, with every step's result.
+Reads need a person's token (viewer, release or sre; a gateway's token reads only the
+routing); changes need the `release` role. Long operations (register, promote, canary) run in
+a worker thread and answer when done, with every step's result.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from anyio import to_thread
 from litestar import Litestar, Request, Response, Router, get, post
 from litestar.params import Parameter
 
-from control_plane.auth import principal_of, requires
+from control_plane.auth import READERS, principal_of, requires
 from control_plane.errors import ControlPlaneError
+from control_plane.releases import shadow as shadows
 from control_plane.releases.audit import AuditLog
+from control_plane.releases.canary_analysis import CanaryAnalyst
 from control_plane.releases.metrics import ReleaseCollector
 from control_plane.releases.promoter import Promoter
 from control_plane.releases.registry import Registry, RegistryError
@@ -36,6 +40,14 @@ class RegisterBody(msgspec.Struct, forbid_unknown_fields=True):
 
 class CanaryBody(msgspec.Struct, forbid_unknown_fields=True):
     percent: Annotated[float, msgspec.Meta(gt=0, le=100)]
+    # Automated analysis (canary_analysis.py): promote or abort by itself after `window_s`
+    # seconds of live traffic (default VG_CANARY_WINDOW_S, within its configured limits).
+    auto: bool = False
+    window_s: float | None = None
+
+
+class ShadowBody(msgspec.Struct, forbid_unknown_fields=True):
+    percent: Annotated[float, msgspec.Meta(gt=0, le=100)]  # and at most VG_SHADOW_MAX_PERCENT
 
 
 class RollbackBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -57,7 +69,8 @@ def _run(request: Request, fn):
                                                   registry=_registry(request))))
 
 
-@get("/v1/routing", guards=[requires()], summary="What gateways serve (polled by gateways)")
+@get("/v1/routing", guards=[requires(*READERS, "gateway")],
+     summary="What gateways serve (polled by gateways)")
 async def routing(request: Request) -> dict:
     cache = request.app.state.routing_cache
     now = time.monotonic()
@@ -128,13 +141,48 @@ async def promote(request: Request, version: VersionPath) -> dict:
 @post("/v1/models/{version:str}/canary", guards=[requires("release")], status_code=200,
       summary="Start (or re-weight) a canary: the version gets percent% of streams")
 async def canary(request: Request, version: VersionPath, data: CanaryBody) -> dict:
-    return (await _run(request, lambda p: p.canary(version, data.percent))).as_dict()
+    if not data.auto:
+        return (await _run(request, lambda p: p.canary(version, data.percent))).as_dict()
+    analyst: CanaryAnalyst = request.app.state.canary
+
+    def call() -> dict:
+        promoter = Promoter(request.app.state.settings, actor=_actor(request),
+                            registry=_registry(request))
+        result, analysis = analyst.start(version, data.percent, data.window_s, _actor(request),
+                                         lambda: promoter.canary(version, data.percent))
+        return {**result.as_dict(), "analysis": analysis}
+
+    return await to_thread.run_sync(call)
+
+
+@get("/v1/models/{version:str}/canary", guards=[requires()],
+     summary="The version's latest automated canary analysis: state, live numbers, decision")
+async def canary_status(request: Request, version: VersionPath) -> dict:
+    return await to_thread.run_sync(request.app.state.canary.status, version)
+
+
+@get("/v1/canary/analysis", guards=[requires()],
+     summary="The latest automated canary analysis")
+async def canary_analysis(request: Request) -> dict:
+    return await to_thread.run_sync(request.app.state.canary.status)
 
 
 @post("/v1/canary/abort", guards=[requires("release")], status_code=200,
       summary="End the canary: all traffic back to the champion, the challenger unloads")
 async def abort(request: Request) -> dict:
     return (await _run(request, lambda p: p.abort_canary())).as_dict()
+
+
+@post("/v1/models/{version:str}/shadow", guards=[requires("release")], status_code=200,
+      summary="Mirror percent% of the champion's requests to a version, compared in the gateways")
+async def shadow(request: Request, version: VersionPath, data: ShadowBody) -> dict:
+    return (await _run(request, lambda p: shadows.start(p, version, data.percent))).as_dict()
+
+
+@post("/v1/shadow/stop", guards=[requires("release")], status_code=200,
+      summary="End the shadow: no more mirrors; its version unloads")
+async def stop_shadow(request: Request) -> dict:
+    return (await _run(request, shadows.stop)).as_dict()
 
 
 @post("/v1/rollback", guards=[requires("release")], status_code=200,
@@ -160,7 +208,9 @@ async def gateways(request: Request) -> dict:
 
 def router(settings: Settings) -> Router:
     return Router(path="/", route_handlers=[routing, list_versions, compare, show, report,
-                                            register, promote, canary, abort, rollback, audit,
+                                            register, promote, canary, canary_status,
+                                            canary_analysis, abort, shadow,
+                                            stop_shadow, rollback, audit,
                                             gateways])
 
 
@@ -171,4 +221,8 @@ async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.registry, app.state.settings.audit_file))
     app.state.routing_cache = {}
     app.state.gateways = {}
+    # An analysis left active by a previous process is reported interrupted (canary_analysis).
+    app.state.canary = CanaryAnalyst(app.state.settings, app.state.registry)
+    await to_thread.run_sync(app.state.canary.recover)
     yield
+    app.state.canary.close()

@@ -138,7 +138,7 @@ def stack_environment(settings: Settings) -> dict[str, str]:
             "VG_MODEL_REPOSITORY": str(settings.model_repository)}
 
 
-def gateway_env(settings: Settings, token: str = "") -> dict[str, str]:
+def gateway_env(settings: Settings, token: str = "", internal_token: str = "") -> dict[str, str]:
     # Same host as Triton: images go through shared memory, not the gRPC message. The
     # gateway follows the control plane's routing with a token of the `gateway` role.
     # Spans go to the control plane's OTLP receiver unless the user's OTEL_* name a collector.
@@ -152,8 +152,13 @@ def gateway_env(settings: Settings, token: str = "") -> dict[str, str]:
             "VG_GATEWAY_MODEL_NAME": settings.model_name,
             "VG_GATEWAY_CONTROL_URL": settings.control_url,
             "VG_GATEWAY_CONTROL_TOKEN": token,
+            # The gateway's internal routes (per-version samples for the canary analysis)
+            # answer only the control plane, which presents this as VG_GATEWAY_TOKEN.
+            "VG_GATEWAY_INTERNAL_TOKEN": internal_token,
             # /readyz reads why the stack is not ready yet (training, Triton restarting) here.
-            "VG_GATEWAY_STATUS_FILE": str(settings.status_file)}
+            "VG_GATEWAY_STATUS_FILE": str(settings.status_file),
+            # Where sampled frames go when VG_GATEWAY_FRAMES_SAMPLING=1 (off by default).
+            "VG_GATEWAY_FRAMES_DIR": str(settings.frames_dir)}
 
 
 # Idle keep-alive connections to the control plane stay open this long. uvicorn's default
@@ -181,12 +186,16 @@ def mlflow_ui_command(settings: Settings) -> list[str]:
 
 def local_tokens(settings: Settings) -> dict[str, str]:
     """Tokens for this `up`: the gateways' (role gateway) and the operator's (release + sre),
-    made anew each start; the token file keeps only their digests."""
+    made anew each start; the token file keeps only their digests. `internal`: the gateway's
+    own token for its internal routes, held only by the gateway and the control plane."""
+    import secrets
+
     from control_plane.auth import TokenStore
 
     store = TokenStore(settings.tokens_file)
     return {"gateway": store.create("local-gateway", ["gateway"]),
-            "operator": store.create("local-operator", ["release", "sre"])}
+            "operator": store.create("local-operator", ["release", "sre"]),
+            "internal": secrets.token_urlsafe(32)}
 
 
 def local_schedule(settings: Settings):
@@ -240,7 +249,8 @@ def start_services(settings: Settings, supervisor: Supervisor,
     tokens = tokens or local_tokens(settings)
     prepare_store(settings)
     services = [
-        ("control-plane", control_plane_command(settings), stack_environment(settings),
+        ("control-plane", control_plane_command(settings),
+         {**stack_environment(settings), "VG_GATEWAY_TOKEN": tokens.get("internal", "")},
          f"{settings.control_url}/healthz"),
         # The UI only: no job runner (seven huey worker processes), no telemetry.
         *([("mlflow", mlflow_ui_command(settings),
@@ -248,7 +258,8 @@ def start_services(settings: Settings, supervisor: Supervisor,
              "MLFLOW_DISABLE_TELEMETRY": "true"},
             f"http://{settings.host}:{settings.mlflow_ui_port}/health")]
           if settings.mlflow_ui_port else []),
-        ("gateway", gateway_command(settings), gateway_env(settings, tokens["gateway"]),
+        ("gateway", gateway_command(settings),
+         gateway_env(settings, tokens["gateway"], tokens.get("internal", "")),
          f"http://{settings.host}:{settings.gateway_port}/healthz"),
     ]
     cleanup = {"gateway": lambda child: release_gateway_regions(settings, child.proc.pid)}
