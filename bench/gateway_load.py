@@ -51,11 +51,13 @@ def percentiles(latencies: list[float]) -> dict[str, float]:
 
 
 async def gateway_level(url: str, image: bytes, concurrency: int, duration: float,
-                        warmup: float, timings: bool = False) -> dict:
-    """`concurrency` clients posting `image` for `duration` seconds after `warmup`: images/s,
-    each successful request's latency (s) and the error count. With `timings`, also each
-    successful response's `timings_ms` (the gateway's own stages), in the latencies' order;
-    off by default, as parsing every body takes the client's CPU from the load it makes."""
+                        warmup: float, timings: bool = False, path: str = "/v1/detect",
+                        body=None) -> dict:
+    """`concurrency` clients posting `image` to `path` for `duration` seconds after `warmup`:
+    images/s, each successful request's latency (s) and the error count. With `timings`, also
+    each successful response's `timings_ms` (the gateway's own stages), in the latencies'
+    order; off by default, as parsing every body takes the client's CPU from the load it makes.
+    `body`: a callable giving each request's bytes instead of `image` (distinct images)."""
     latencies: list[float] = []
     stages: list[dict[str, float]] = []
     errors = 0
@@ -65,7 +67,7 @@ async def gateway_level(url: str, image: bytes, concurrency: int, duration: floa
             nonlocal errors
             while time.perf_counter() < stop_at:
                 t = time.perf_counter()
-                r = await client.post("/v1/detect", content=image,
+                r = await client.post(path, content=body() if body else image,
                                       headers={"content-type": "image/jpeg"})
                 if record:
                     if r.status_code == 200:

@@ -40,7 +40,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway_load import summarise  # noqa: E402
+from bench.gateway_load import gateway_level, summarise  # noqa: E402
 from bench.machine import cpu_model  # noqa: E402
 from control_plane.settings import Settings  # noqa: E402
 from control_plane.stack.supervisor import Supervisor, wait_http_ok  # noqa: E402
@@ -55,34 +55,6 @@ def tagged(jpeg: bytes, n: int) -> bytes:
     """`jpeg` with a COM segment holding `n` after SOI: same pixels, other bytes."""
     body = f"vg-bench {n}".encode()
     return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(body) + 2) + body + jpeg[2:]
-
-
-async def distinct_images_level(url: str, image: bytes, counter, concurrency: int,
-                                duration: float, warmup: float, conf: float) -> dict:
-    """bench/gateway_load.py's `gateway_level`, each request with a distinct JPEG."""
-    latencies: list[float] = []
-    errors = 0
-    async with httpx.AsyncClient(base_url=url, timeout=60,
-                                 limits=httpx.Limits(max_connections=concurrency)) as client:
-        async def worker(stop_at: float, record: bool) -> None:
-            nonlocal errors
-            while time.perf_counter() < stop_at:
-                body = tagged(image, next(counter))
-                t = time.perf_counter()
-                r = await client.post(f"/v1/detect?conf={conf}&max_det=20", content=body,
-                                      headers={"content-type": "image/jpeg"})
-                if record:
-                    if r.status_code == 200:
-                        latencies.append(time.perf_counter() - t)
-                    else:
-                        errors += 1
-
-        await asyncio.gather(*[worker(time.perf_counter() + warmup, False)
-                               for _ in range(concurrency)])
-        start = time.perf_counter()
-        await asyncio.gather(*[worker(start + duration, True) for _ in range(concurrency)])
-        elapsed = time.perf_counter() - start
-    return {"images_per_s": len(latencies) / elapsed, "latencies": latencies, "errors": errors}
 
 
 def frame_metrics(url: str) -> dict:
@@ -175,9 +147,10 @@ def main() -> None:
                 for r in range(args.rounds):
                     # Alternate which goes first, so neither always follows the other.
                     for name in (("off", "on") if r % 2 == 0 else ("on", "off")):
-                        windows[name].append(asyncio.run(distinct_images_level(
-                            urls[name], image, counter, args.concurrency, args.window,
-                            args.warmup, args.conf)))
+                        windows[name].append(asyncio.run(gateway_level(
+                            urls[name], image, args.concurrency, args.window, args.warmup,
+                            path=f"/v1/detect?conf={args.conf}&max_det=20",
+                            body=lambda: tagged(image, next(counter)))))
                         progress.advance(task)
             frames = frame_metrics(urls["on"])
             load = os.getloadavg()
