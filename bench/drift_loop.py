@@ -419,8 +419,12 @@ def loop(args, env, gw, fog, steps: Steps, result: dict, settings, client) -> No
 
     # 5. import as the next version ------------------------------------------------------
     imported = json_out(cli(env, "data", "import", str(export), "--labeled-export", "--json"))
-    steps.done("5. data import --labeled-export", json.dumps(imported)[:200])
-    result["import"] = imported
+    added = imported["labeled_export"]["added"]
+    steps.done("5. data import --labeled-export",
+               f"{imported['labeled_export']['previous']} -> {imported['ref']}; frames added "
+               + ", ".join(f"{split} {sum(n.values())}" for split, n in added.items()))
+    result["import"] = {"ref": imported["ref"], "counts": imported["counts"],
+                        "labeled_export": imported["labeled_export"]}
 
     # 6. approve: retrain -------------------------------------------------------------------
     approve_log = cli(env, "drift", "approve", request["id"])
