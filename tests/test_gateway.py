@@ -239,12 +239,27 @@ def test_detector_runs_on_openvino_in_the_stack(stack):
 
 
 def test_up_passes_images_through_shared_memory(stack, bus_jpg):
-    """`up` runs gateway and Triton on one host: the gateway registered its regions."""
+    """`up` runs gateway and Triton on one host: the gateway registered its regions, one per
+    Triton call it may have in flight: the clients' and the shadow workers'."""
+    from tracker_service.settings import GatewaySettings
+
     httpx.post(f"{stack.gateway_url}/v1/detect", content=bus_jpg,
                headers={"content-type": "image/jpeg"}, timeout=30)
     regions = httpx.get(
         f"{stack.settings.triton_http_url}/v2/systemsharedmemory/status").json()
-    assert len(regions) == 8 and all(r["byte_size"] == 640 * 640 * 3 for r in regions)
+    defaults = GatewaySettings()
+    assert len(regions) == defaults.max_triton_in_flight + defaults.shadow_concurrency == 9
+    assert all(r["byte_size"] == 640 * 640 * 3 for r in regions)
+
+
+def test_up_guards_the_gateways_internal_routes_with_a_token(stack):
+    """`up` gives the gateway an internal token (the control plane gets the same one): the
+    per-version samples of the canary analysis are not open to any local client."""
+    r = httpx.get(f"{stack.gateway_url}/v1/internal/version-stats", timeout=10)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    r = httpx.get(f"{stack.gateway_url}/v1/internal/version-stats", timeout=10,
+                  headers={"authorization": "Bearer not-the-token"})
+    assert r.status_code == 401
 
 
 def test_dynamic_batching_forms_batches(stack):
