@@ -106,6 +106,11 @@ class DetectionPipeline:
         self._pending = 0
         self._slots = asyncio.Semaphore(settings.max_triton_in_flight)
 
+    @property
+    def pending(self) -> int:
+        """Client requests admitted and not yet answered (shadow work yields to them)."""
+        return self._pending
+
     @asynccontextmanager
     async def admit(self):
         """Bound the work the gateway holds at once; one request over the bound gets 429."""

@@ -37,6 +37,14 @@ class InvalidRequest(GatewayError):
     code = "invalid_request"
 
 
+class Unauthorized(GatewayError):
+    """An internal route called without the gateway's internal token (version_stats.py)."""
+
+    status_code = 401
+    code = "unauthorized"
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
 class Overloaded(GatewayError):
     status_code = 429
     code = "overloaded"

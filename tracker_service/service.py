@@ -109,7 +109,7 @@ class DetectionService:
         self.version_stats = VersionStats.from_settings(settings)
         # Shadow traffic (shadow.py): shed while the gateway holds many client requests.
         self.shadow = ShadowMirror(settings, client, metrics.shadow,
-                                   busy=lambda: self.pipeline._pending)
+                                   busy=lambda: self.pipeline.pending)
 
     async def detect(self, image: ImageSource, opts: DetectOptions) -> Detections:
         async with self.pipeline.admit():

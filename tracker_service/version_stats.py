@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tracker_service.errors import GatewayError
+from tracker_service.errors import Unauthorized
 from tracker_service.tracking import OUT_ID, OUT_STATE, TrackState
 from tracker_service.tracking.association import iou_matrix
 
@@ -48,12 +48,6 @@ log = logging.getLogger("visionguard.gateway.version_stats")
 # Ids of confirmed tracks remembered per stream to tell a new id from a returning one: ids are
 # never reused within a stream and grow, so the smallest are dropped first.
 SEEN_IDS_PER_STREAM = 256
-
-
-class Unauthorized(GatewayError):
-    status_code = 401
-    code = "unauthorized"
-    headers = {"WWW-Authenticate": "Bearer"}
 
 
 def require_internal_token(connection, _handler) -> None:
