@@ -652,7 +652,16 @@ def test_control_plane_settings_resolve_in_the_cluster(overlay, monkeypatch):
     notify = {"VG_NOTIFY_WEBHOOK_URLS": ("webhook-urls", "https://hooks.example/vg"),
               "VG_NOTIFY_WEBHOOK_SECRET": ("webhook-secret", "k" * 32),
               "VG_NOTIFY_APPRISE_URLS": ("apprise-urls", "json://alerts.example/vg")}
+    # ... and the token the canary analysis presents to the gateways' internal routes: the
+    # same Secret key the gateway checks it against.
+    internal = env.get("VG_GATEWAY_TOKEN", {}).get("secretKeyRef")
+    (gateway,) = pod_spec(get(objs, "Deployment", "gateway"))["containers"]
+    assert internal and not internal.get("optional") and internal == \
+        env_sources(objs, gateway)["VG_GATEWAY_INTERNAL_TOKEN"]["secretKeyRef"], internal
+    monkeypatch.setenv("VG_GATEWAY_TOKEN", "internal-token")
     for key, src in env.items():
+        if key == "VG_GATEWAY_TOKEN":
+            continue
         if "secretKeyRef" in src:
             assert key in notify, f"{key} comes from {src}: only notifications come from a Secret"
             ref = src["secretKeyRef"]
@@ -683,6 +692,13 @@ def test_control_plane_settings_resolve_in_the_cluster(overlay, monkeypatch):
     service_port(s.mlflow_tracking_uri, "http")
     assert urlsplit(s.mlflow_tracking_uri).hostname == "mlflow"
     service_port(s.control_url, "http")
+    # The canary analysis reads every gateway pod: a headless Service selecting them.
+    (canary_gateways,) = s.canary_gateways.split(",")
+    service_port(canary_gateways, "http")
+    pods = services[canary_gateways.split(":")[0]]["spec"]
+    assert pods.get("clusterIP") == "None" and pods["selector"].items() <= \
+        get(objs, "Deployment", "gateway")["spec"]["template"]["metadata"]["labels"].items()
+    assert s.gateway_token == "internal-token"
     assert services[urlsplit(s.control_url).hostname] in services_of(objs, dep).values()
     # It binds every address (VG_HOST is Triton's address here) on its container port.
     args = c["command"] + c.get("args", [])
