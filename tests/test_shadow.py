@@ -246,6 +246,12 @@ def test_shadow_compares_in_the_background_and_stop_unloads(shadowed, stack, bus
         "visionguard_gateway_shadow_score_delta_count"]
     assert deltas < 0.01, m
     assert m.get("visionguard_gateway_shadow_errors_total", 0) == 0
+    # The shadow cannot be the canary's challenger too (its abort would unload the shadow).
+    from control_plane.releases.promoter import PromotionError
+
+    with pytest.raises(PromotionError, match=f"version {same} is the shadow"):
+        promoter.canary(same, 10)
+    assert served_routing(settings, release)["challenger"] is None
 
     # Beside the stack's gateway, one whose shadow queue has one place (and one worker) under
     # 16 concurrent clients: mirrors are shed, and every client gets the champion's answer.

@@ -326,6 +326,9 @@ class Promoter:
         t0, steps = time.monotonic(), []
         with self._exclusive(f"canary {version}"):
             routing = self._routing_for(version)
+            if routing.shadow == version:  # aborting the canary would unload the shadow
+                raise PromotionError(f"version {version} is the shadow: stop it first "
+                                     "(visionguard models shadow --stop)")
             if routing.challenger != version:
                 self.audit.record(self.actor, "canary", model=self.model, version=version,
                                   outcome="started", percent=percent)
