@@ -5,7 +5,7 @@
 Starts the stack as `visionguard up` does (control plane, gateway, Triton) on a scratch model
 repository and MLflow store, registers the exported model as the champion (version 1) and the
 same ONNX again as version 2, and makes version 2 the shadow through the release operation
-(releases/shadow.py: loaded in Triton, routing published). Then, round after round, it
+(Promoter.shadow: loaded in Triton, routing published). Then, round after round, it
 interleaves windows of `--concurrency` clients posting the same JPEG (bench/gateway_load.py's
 `gateway_level`) with the shadow's share set to 0 (off) and to each of `--percents`; between
 windows only the share changes (the registered model's tag, which the gateways poll), so the
@@ -42,7 +42,6 @@ sys.path.insert(0, str(ROOT))
 
 from bench.gateway_load import gateway_level, summarise  # noqa: E402
 from bench.machine import cpu_model  # noqa: E402
-from control_plane.releases import shadow  # noqa: E402
 from control_plane.releases.promoter import Promoter  # noqa: E402
 from control_plane.releases.registry import Registry  # noqa: E402
 from control_plane.settings import Settings  # noqa: E402
@@ -135,8 +134,8 @@ def main() -> None:
             token = TokenStore(settings.tokens_file).create("bench-shadow", ["viewer"])
             registry = Registry(settings)
             with console.status(f"loading version {shadow_version} as the shadow"):
-                shadow.start(Promoter(settings, actor="bench", registry=registry),
-                             shadow_version, max(percents))
+                Promoter(settings, actor="bench", registry=registry).shadow(
+                    shadow_version, max(percents))
             url = f"http://{settings.host}:{settings.gateway_port}"
             with Progress(console=console) as progress:
                 task = progress.add_task("measuring", total=args.rounds * len(configs))

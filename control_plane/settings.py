@@ -120,7 +120,7 @@ class Settings:
     # every VG_GATEWAY_ROUTING_POLL_S (1 s), so in-flight requests finish on the old version.
     routing_drain_s: float = env("VG_ROUTING_DRAIN_S", 3.0)
     load_timeout_s: float = env("VG_LOAD_TIMEOUT_S", 120.0)
-    # Shadow traffic (releases/shadow.py): the largest share of the champion's requests that
+    # Shadow traffic (Promoter.shadow): the largest share of the champion's requests that
     # may be mirrored to a shadow version; more is refused (each mirror is a second inference).
     shadow_max_percent: float = env("VG_SHADOW_MAX_PERCENT", 50.0)
     # Every Triton promotion must load versions into (HTTP host:port, comma-separated; a

@@ -210,9 +210,7 @@ def shadowed(stack, trained_checkpoint, tmp_path_factory):
     promoter = Promoter(settings, actor="test", registry=registry)
     yield settings, promoter, champion, same, trained, tokens
     if registry.routing().shadow:
-        from control_plane.releases import shadow
-
-        shadow.stop(promoter)
+        promoter.stop_shadow()
     model_dir = Path(settings.model_repository) / settings.model_name
     for version in (same, trained):
         if (model_dir / version).exists():
@@ -223,14 +221,12 @@ def shadowed(stack, trained_checkpoint, tmp_path_factory):
 
 def test_shadow_compares_in_the_background_and_stop_unloads(shadowed, stack, bus_jpg,
                                                              shapes_images, tmp_path):
-    from control_plane.releases import shadow
-
     settings, promoter, champion, same, trained, tokens = shadowed
     images = [bus_jpg] + [p.read_bytes() for p in shapes_images[:5]]
     release = {"authorization": f"Bearer {tokens['release']}"}
 
     # The same weights as the champion, on every request: the answers agree.
-    result = shadow.start(promoter, same, 100).as_dict()
+    result = promoter.shadow(same, 100).as_dict()
     assert result["routing"]["shadow"] == same and result["routing"]["shadow_percent"] == 100
     assert [s["step"] for s in result["steps"]] == ["load"]
     wait_for(lambda: served_routing(settings, release)["shadow"] == same, "the routing")
@@ -273,7 +269,7 @@ def test_shadow_compares_in_the_background_and_stop_unloads(shadowed, stack, bus
         assert shed >= 1 and compared >= 1 and shed + compared <= 16
 
     # Stop: no more mirrors, and the version leaves Triton.
-    stopped = shadow.stop(promoter).as_dict()
+    stopped = promoter.stop_shadow().as_dict()
     assert stopped["routing"]["shadow"] is None
     assert stopped["steps"][-1]["served"] == [int(champion)]
     ready = f"{settings.triton_http_url}/v2/models/{settings.model_name}/versions/{same}/ready"

@@ -330,14 +330,12 @@ def shadow(
 ) -> None:
     """Mirror percent% of the champion's requests to a version in the background and compare
     the answers (gateway metrics visionguard_gateway_shadow_*); clients get the champion's."""
-    from control_plane.releases import shadow as shadows
-
     if stop:
-        _operate(cli_settings(ctx), "shadow stop", shadows.stop)
+        _operate(cli_settings(ctx), "shadow stop", lambda p: p.stop_shadow())
         return
     if version is None:
         raise typer.BadParameter("give a version, or --stop")
-    _operate(cli_settings(ctx), "shadow", lambda p: shadows.start(p, version, percent))
+    _operate(cli_settings(ctx), "shadow", lambda p: p.shadow(version, percent))
 
 
 @app.command()

@@ -8,6 +8,10 @@
     canary(N, p): the same checks, then `challenger` = N with p% of streams; promote or abort.
     rollback: champion = previous (or --to V, loaded first if needed); the rolled-back version
       unloads after the drain.
+    shadow(N, p): N loaded as a promotion loads it, no gates (the shadow serves nobody) ->
+      alias `shadow` = N and the share p; gateways mirror p% of the champion's requests to N in
+      the background (tracker_service/shadow.py). stop_shadow: the alias and share go; after the
+      drain N unloads unless it is the champion, the challenger or `previous`.
 
 The champion never leaves Triton's version policy while another version is being checked, and
 gateways always ask for an explicit version (the routing), so a failing candidate changes
@@ -42,6 +46,12 @@ from export.checkpoint import CheckpointError, check_onnx
 log = logging.getLogger("visionguard.promotion")
 MODEL_PY = triton_repo.REPO_TEMPLATES / "detector" / "model.py"
 __all__ = ["Busy", "CandidateRejected", "Promoter", "PromotionError", "serve_champion"]
+
+
+class ShadowShareRefused(ControlPlaneError):
+    """A shadow share outside (0, VG_SHADOW_MAX_PERCENT]."""
+
+    code = "shadow_share_refused"
 
 
 class PromotionError(Conflict):
@@ -135,7 +145,7 @@ class Promoter:
         self.triton.load(self.model)
 
     def _with_shadow(self, keep: set[int], champion: str) -> set[int]:
-        """`keep` and the shadow version, which gateways still mirror to (releases/shadow.py);
+        """`keep` and the shadow version, which gateways still mirror to (`shadow`);
         a shadow that has become the champion stops being one."""
         shadow = self.registry.alias(SHADOW)
         if shadow == champion:
@@ -402,6 +412,88 @@ class Promoter:
             self._tell("rollback", target, f"is the champion again: version {current} rolled "
                        f"back (by {self.actor})", rolled_back=current)
             return result
+
+    def shadow(self, version: str | int, percent: float) -> OperationResult:
+        """Mirror `percent`% of the champion's requests to `version` (or change the running
+        shadow's share). A version that does not load is refused, and its folder and the
+        version policy are restored as a rejected candidate's are."""
+        version = str(version)
+        limit = self.settings.shadow_max_percent
+        if not 0 < percent <= limit:
+            raise ShadowShareRefused(
+                f"shadow percent must be in (0, {limit:g}], got {percent:g} (each mirrored "
+                "request is a second inference; VG_SHADOW_MAX_PERCENT sets the maximum)",
+                percent=percent, max_percent=limit)
+        t0, steps = time.monotonic(), []
+        with self._exclusive(f"shadow {version}"):
+            routing = self.registry.routing()
+            if not routing.champion:
+                raise PromotionError("no champion to compare a shadow with: promote a version "
+                                     "first")
+            if version == routing.champion:
+                raise PromotionError(f"version {version} is the champion: a shadow of it would "
+                                     "compare the champion with itself")
+            if version == routing.challenger:
+                raise PromotionError(f"version {version} is the canary's challenger: it already "
+                                     "serves a share of the traffic")
+            if routing.shadow and routing.shadow != version:
+                raise PromotionError(f"version {routing.shadow} is the shadow: stop it first "
+                                     "(visionguard models shadow --stop)", shadow=routing.shadow)
+            info = self.registry.get(version)  # UnknownVersion (404) when not registered
+            served = self._served()
+            if int(version) not in served:
+                self._load_shadow(info, served, steps)
+            self.registry.set_alias(SHADOW, version)
+            self.registry.set_shadow_percent(percent)
+            result = self._result("shadow", version, steps, t0)
+            self.audit.record(self.actor, "shadow", model=self.model, version=version,
+                              percent=percent, champion=routing.champion,
+                              seconds=round(result.seconds, 3))
+            return result
+
+    def stop_shadow(self) -> OperationResult:
+        """End the shadow: no more mirrors; its version unloads unless something else serves
+        it."""
+        t0, steps = time.monotonic(), []
+        with self._exclusive("shadow stop"):
+            routing = self.registry.routing()
+            if not routing.shadow:
+                raise PromotionError("no shadow is running")
+            version = routing.shadow
+            self.registry.delete_alias(SHADOW)
+            self.registry.set_shadow_percent(0)
+            if version not in {self.registry.alias(a) for a in (CHAMPION, CHALLENGER, PREVIOUS)}:
+                self._drain()  # gateways stop mirroring before the version leaves Triton
+                served = self._served() - {int(version)}
+                self._apply_served(served)
+                steps.append(StepResult("unload", True, 0.0, {"served": sorted(served)}))
+            result = self._result("shadow_stop", version, steps, t0)
+            self.audit.record(self.actor, "shadow_stop", model=self.model, version=version,
+                              seconds=round(result.seconds, 3))
+            return result
+
+    def _load_shadow(self, info: VersionInfo, served: set[int],
+                     steps: list[StepResult]) -> None:
+        """Write and load the version as a promotion does; on failure put back the folder and
+        the policy found (CandidateRejected says why)."""
+        policy_before = triton_repo.served_versions(self.model_dir)
+        wrote = False
+
+        def load() -> dict:
+            nonlocal wrote
+            _, wrote = self.materialise(info)
+            return self._load(int(info.version), served)
+
+        try:
+            self._step(steps, "load", info.version, load)
+        except Exception as exc:
+            self.progress("restoring")
+            if wrote:
+                triton_repo.remove_version(self.model_dir, int(info.version))
+            self._apply_served(policy_before)
+            self.audit.record(self.actor, "shadow", model=self.model, version=info.version,
+                              outcome="refused", reason=str(exc))
+            raise
 
 
 def serve_champion(settings: Settings, progress=None) -> VersionInfo | None:

@@ -4,7 +4,7 @@ MLflow holds the release state; nothing else does. Aliases (not the deprecated s
 `champion` serves, `challenger` is in canary, `previous` is the champion before the last
 promotion, kept loaded for rollback. The canary share is the registered model's tag
 `canary_percent`; `shadow` is the version the gateways mirror `shadow_percent`% of the
-champion's requests to (releases/shadow.py). Version N in MLflow is version N in Triton.
+champion's requests to (Promoter.shadow). Version N in MLflow is version N in Triton.
 
 Every version carries its evaluation (mAP50 and mAP50-95 on a named dataset, as tags and run
 metrics), its serving ONNX as a run artifact, its lineage (data, parameters, source checkpoint)

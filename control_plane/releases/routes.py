@@ -21,7 +21,6 @@ from litestar.params import Parameter
 
 from control_plane.auth import READERS, principal_of, requires
 from control_plane.errors import ControlPlaneError
-from control_plane.releases import shadow as shadows
 from control_plane.releases.audit import AuditLog
 from control_plane.releases.canary_analysis import CanaryAnalyst
 from control_plane.releases.metrics import ReleaseCollector
@@ -176,13 +175,13 @@ async def abort(request: Request) -> dict:
 @post("/v1/models/{version:str}/shadow", guards=[requires("release")], status_code=200,
       summary="Mirror percent% of the champion's requests to a version, compared in the gateways")
 async def shadow(request: Request, version: VersionPath, data: ShadowBody) -> dict:
-    return (await _run(request, lambda p: shadows.start(p, version, data.percent))).as_dict()
+    return (await _run(request, lambda p: p.shadow(version, data.percent))).as_dict()
 
 
 @post("/v1/shadow/stop", guards=[requires("release")], status_code=200,
       summary="End the shadow: no more mirrors; its version unloads")
 async def stop_shadow(request: Request) -> dict:
-    return (await _run(request, shadows.stop)).as_dict()
+    return (await _run(request, lambda p: p.stop_shadow())).as_dict()
 
 
 @post("/v1/rollback", guards=[requires("release")], status_code=200,
