@@ -659,8 +659,17 @@ def test_control_plane_settings_resolve_in_the_cluster(overlay, monkeypatch):
     assert internal and not internal.get("optional") and internal == \
         env_sources(objs, gateway)["VG_GATEWAY_INTERNAL_TOKEN"]["secretKeyRef"], internal
     monkeypatch.setenv("VG_GATEWAY_TOKEN", "internal-token")
+    # ... and the frame store's keys (`data export-for-labeling` runs in this pod): the same
+    # Secret keys the gateways write the frames with.
+    frame_keys = {"VG_GATEWAY_FRAMES_S3_ACCESS_KEY": "minio-user",
+                  "VG_GATEWAY_FRAMES_S3_SECRET_KEY": "minio-secret"}
+    gateway_env = env_sources(objs, gateway)
+    for key, value in frame_keys.items():
+        ref = env.get(key, {}).get("secretKeyRef")
+        assert ref and ref == gateway_env[key]["secretKeyRef"], f"{key}: {ref}"
+        monkeypatch.setenv(key, value)
     for key, src in env.items():
-        if key == "VG_GATEWAY_TOKEN":
+        if key == "VG_GATEWAY_TOKEN" or key in frame_keys:
             continue
         if "secretKeyRef" in src:
             assert key in notify, f"{key} comes from {src}: only notifications come from a Secret"
@@ -699,6 +708,12 @@ def test_control_plane_settings_resolve_in_the_cluster(overlay, monkeypatch):
     assert pods.get("clusterIP") == "None" and pods["selector"].items() <= \
         get(objs, "Deployment", "gateway")["spec"]["template"]["metadata"]["labels"].items()
     assert s.gateway_token == "internal-token"
+    # The frame store: the gateways' bucket on the object store's Service, with their keys.
+    for name in ("VG_GATEWAY_FRAMES_S3_ENDPOINT", "VG_GATEWAY_FRAMES_S3_BUCKET"):
+        assert env[name]["value"] == gateway_env[name]["value"], name
+    service_port(s.frames_s3_endpoint, "s3")
+    assert (s.frames_s3_bucket, s.frames_s3_access_key, s.frames_s3_secret_key) == \
+        (gateway_env["VG_GATEWAY_FRAMES_S3_BUCKET"]["value"], *frame_keys.values())
     assert services[urlsplit(s.control_url).hostname] in services_of(objs, dep).values()
     # It binds every address (VG_HOST is Triton's address here) on its container port.
     args = c["command"] + c.get("args", [])
