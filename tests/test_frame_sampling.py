@@ -17,7 +17,7 @@ import random
 import threading
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cv2
@@ -250,6 +250,15 @@ async def test_frames_and_records_follow_the_contract(tmp_path):
     await written(again, [(data, detections(image), "cam-1")])
     assert dropped(metrics, "duplicate") == 1
     assert sorted(k for k, _, _ in store.list()) == keys
+    # ... nor when the copy held was sampled on an earlier day (keys carry the day).
+    earlier = frame_keys(sha, datetime.now(timezone.utc) - timedelta(days=2))
+    for old, new in zip((image_key, record_key), earlier):
+        store.put(new, store.get(old))
+        store.delete(old)
+    later = FrameSampler(settings(), metrics, store=store)
+    await written(later, [(data, detections(image), "cam-2")])
+    assert dropped(metrics, "duplicate") == 2
+    assert image_key not in {k for k, _, _ in store.list()}
 
 
 async def test_size_cap_evicts_the_oldest(tmp_path):

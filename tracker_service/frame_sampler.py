@@ -207,6 +207,11 @@ def store_from_settings(settings: GatewaySettings) -> FrameStore | None:
     return None
 
 
+def _sha_of(image_key: str) -> str:
+    """frames/<day>/<sha256>.jpg -> the sha256."""
+    return image_key.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+
+
 class FrameSampler:
     """Chooses frames on the request path (`offer`) and writes them in the background."""
 
@@ -227,8 +232,10 @@ class FrameSampler:
         self._rng = rng or random.Random()
         self._queue: asyncio.Queue[SampledFrame] = asyncio.Queue(settings.frames_queue)
         self._task: asyncio.Task | None = None
-        # The frames held, oldest first: image key -> (bytes of image + record, mtime).
+        # The frames held, oldest first: image key -> (bytes of image + record, mtime); and
+        # their sha256s, so the same bytes sampled on another day are not kept twice.
         self._index: OrderedDict[str, tuple[int, float]] | None = None
+        self._held: set[str] = set()
         self._usage = 0
         self._paused_until = 0.0
         self._backoff = settings.frames_backoff_s
@@ -342,6 +349,7 @@ class FrameSampler:
         index = OrderedDict((f"{stem}.jpg", v)
                             for stem, v in sorted(groups.items(), key=lambda kv: kv[1][1]))
         self._usage = sum(size for size, _ in index.values())
+        self._held = {_sha_of(key) for key in index}
         self.metrics.frames_store_usage.set(self._usage)
         return index
 
@@ -360,7 +368,7 @@ class FrameSampler:
             data = encoded.tobytes()
         sha = hashlib.sha256(data).hexdigest()
         image_key, record_key = frame_keys(sha, frame.when)
-        if image_key in self._index:
+        if sha in self._held:
             self.metrics.frames_dropped.labels("duplicate").inc()
             return
         record = json.dumps(frame_record(frame, sha), separators=(",", ":")).encode()
@@ -378,6 +386,7 @@ class FrameSampler:
                 self.store.delete(image_key)
             raise
         self._index[image_key] = (size, time.time())
+        self._held.add(sha)
         self._usage += size
         self.metrics.frames_stored_bytes.inc(size)
         self.metrics.frames_store_usage.set(self._usage)
@@ -387,6 +396,7 @@ class FrameSampler:
         self.store.delete(f"{stem}.json")  # the record first: a frame without one is not read
         self.store.delete(image_key)
         size, _ = self._index.pop(image_key)
+        self._held.discard(_sha_of(image_key))
         self._usage -= size
         self.metrics.frames_store_usage.set(self._usage)
 
