@@ -17,8 +17,9 @@ checks the contracts in pyproject.toml in the test suite):
     training/ perf/     the bootstrap and dataset training; perf_analyzer
     datasets/           dataset versions: import (COCO, YOLO, VOC), validation, lineage; the
                         generated shapes and image shifts
-    mlflow_store.py auth.py notify/     MLflow store and aliases; API tokens and roles;
-                        notifications (signed webhooks, apprise channels)
+    mlflow_store.py auth.py notify/ api_client.py
+                        MLflow store and aliases; API tokens and roles; notifications (signed
+                        webhooks, apprise channels); the CLI's calls to the running API
     errors.py settings.py       the error vocabulary; the settings
 
 The gateway (`tracker_service`) never imports this package; this package uses only the gateway's

@@ -10,44 +10,17 @@ import json
 from pathlib import Path
 from typing import Annotated, Optional
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from control_plane.api_client import call_api
 from control_plane.drift.retraining import RETRAINING_TAG, NoNewLabelledData
 from control_plane.settings import Settings, cli_settings
 
 app = typer.Typer(help="Data drift: checks, reports and retraining approval.",
                   no_args_is_help=True)
 console = Console(soft_wrap=True)
-
-
-def _client(settings: Settings, timeout: float = 300.0) -> httpx.Client:
-    headers = {"authorization": f"Bearer {settings.token}"} if settings.token else {}
-    return httpx.Client(base_url=settings.control_url, headers=headers, timeout=timeout)
-
-
-def _call(settings: Settings, method: str, path: str, ok_codes: tuple[str, ...] = (),
-          **kwargs) -> httpx.Response:
-    """The API's answer; an error exits 1 with its message unless its code is in `ok_codes`."""
-    try:
-        with _client(settings) as client:
-            response = client.request(method, path, **kwargs)
-    except httpx.HTTPError as exc:
-        console.print(f"[red]control plane at {settings.control_url} unreachable:[/] {exc}")
-        raise typer.Exit(1) from None
-    if response.status_code >= 400:
-        try:
-            error = response.json()["error"]
-            message = f"{error['code']}: {error['message']}"
-        except (ValueError, KeyError, TypeError):
-            error, message = {}, response.text[:300]
-        if error.get("code") in ok_codes:
-            return response
-        console.print(f"[red]{method} {path} failed ({response.status_code}):[/] {message}")
-        raise typer.Exit(1)
-    return response
 
 
 def print_result(result: dict) -> None:
@@ -79,7 +52,7 @@ def check_cmd(
              "a quiet night is not a failure)")] = False,
 ) -> None:
     """Compare the live window with the champion's reference window now."""
-    response = _call(cli_settings(ctx), "POST", "/v1/drift/check",
+    response = call_api(cli_settings(ctx), "POST", "/v1/drift/check",
                      ok_codes=("insufficient_data",) if ok_without_data else (),
                      params={"version": version} if version else {})
     result = response.json()
@@ -106,7 +79,7 @@ def report_cmd(
         console.print("[red]the report file must end in .html or .png[/]")
         raise typer.Exit(2)
     params = {"format": fmt, **({"version": version} if version else {})}
-    body = _call(cli_settings(ctx), "GET", "/v1/drift/report", params=params).content
+    body = call_api(cli_settings(ctx), "GET", "/v1/drift/report", params=params).content
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(body)
     console.print(f"wrote {out} ({len(body) / 1024:.0f} KiB)")
@@ -115,7 +88,7 @@ def report_cmd(
 @app.command("status")
 def status_cmd(ctx: typer.Context) -> None:
     """The live window's size and the last check."""
-    body = _call(cli_settings(ctx), "GET", "/v1/drift/status").json()
+    body = call_api(cli_settings(ctx), "GET", "/v1/drift/status").json()
     console.print(f"live window {body['window']} / {body['window_size']} samples (a check "
                   f"needs {body['min_samples']}); periodic check every "
                   f"{body['check_interval_s']:g} s; retraining on drift: "
@@ -129,7 +102,7 @@ def status_cmd(ctx: typer.Context) -> None:
 @app.command("requests")
 def requests_cmd(ctx: typer.Context) -> None:
     """Retraining requests opened by drift events."""
-    requests = _call(cli_settings(ctx), "GET", "/v1/drift/retraining").json()["requests"]
+    requests = call_api(cli_settings(ctx), "GET", "/v1/drift/retraining").json()["requests"]
     table = Table("id", "state", "model", "version", "drifted features", "decided by")
     for r in requests:
         table.add_row(r["id"], r["state"], r["model"], r["version"],
@@ -153,7 +126,7 @@ def approve_cmd(
     models ...`). Without labelled production frames the champion has not seen it trains
     nothing and exits 3.
     """
-    decided = _call(cli_settings(ctx), "POST", f"/v1/drift/retraining/{request_id}/approve").json()
+    decided = call_api(cli_settings(ctx), "POST", f"/v1/drift/retraining/{request_id}/approve").json()
     console.print(f"[green]approved[/] retraining request {request_id} "
                   f"(by {decided['decided_by']})")
     if not train:
@@ -209,7 +182,7 @@ def retrain_approved_cmd(
     for yet (the schedule runs this); nothing happens when none waits. A request without new
     labelled data is skipped with its reason (exit 3 at the end): it waits for them."""
     settings = cli_settings(ctx)
-    requests = _call(settings, "GET", "/v1/drift/retraining").json()["requests"]
+    requests = call_api(settings, "GET", "/v1/drift/retraining").json()["requests"]
     approved = [r["id"] for r in requests if r["state"] == "approved"]
     waiting = sorted(set(approved) - _retrained_requests(settings)) if approved else []
     if not waiting:
@@ -230,5 +203,5 @@ def retrain_approved_cmd(
 @app.command("reject")
 def reject_cmd(ctx: typer.Context, request_id: Annotated[str, typer.Argument(help="the request's id")]) -> None:
     """Reject a retraining request (needs a `release` token)."""
-    _call(cli_settings(ctx), "POST", f"/v1/drift/retraining/{request_id}/reject")
+    call_api(cli_settings(ctx), "POST", f"/v1/drift/retraining/{request_id}/reject")
     console.print(f"rejected retraining request {request_id}")

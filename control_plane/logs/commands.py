@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from typing import Annotated, Optional
 
-import httpx
 import typer
 from rich.console import Console
 
+from control_plane.api_client import call_api
 from control_plane.settings import Settings, cli_settings
 
 app = typer.Typer(help="Ask questions over the logs and spans (log RAG).", no_args_is_help=True)
@@ -52,21 +52,8 @@ def index_cmd(
 
 
 def _remote(settings: Settings, body: dict) -> dict:
-    try:
-        r = httpx.post(f"{settings.control_url}/v1/logs/query", json=body, timeout=120,
-                       headers={"authorization": f"Bearer {settings.token}"})
-    except httpx.HTTPError as exc:
-        console.print(f"[red]control plane at {settings.control_url} unreachable:[/] {exc} "
-                      "(--local reads the index here)")
-        raise typer.Exit(1) from None
-    if r.status_code != 200:
-        try:
-            error = r.json()["error"]
-            console.print(f"[red]{r.status_code} {error['code']}:[/] {error['message']}")
-        except (ValueError, KeyError, TypeError):
-            console.print(f"[red]{r.status_code}:[/] {r.text[:500]}")
-        raise typer.Exit(1)
-    return r.json()
+    return call_api(settings, "POST", "/v1/logs/query", json=body, timeout=120,
+                    hint="--local reads the index here", console=console).json()
 
 
 def _local(settings: Settings, body: dict) -> dict:

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from control_plane.api_client import call_api
 from control_plane.errors import ControlPlaneError
 from control_plane.settings import Settings, cli_settings
 
@@ -253,26 +254,7 @@ def canary(
 
 
 def _api(settings: Settings, method: str, path: str, **kwargs) -> dict:
-    """The control plane's answer; a refusal prints its code and message and exits (2 for a
-    rejected candidate, else 1)."""
-    import httpx
-
-    headers = {"authorization": f"Bearer {settings.token}"} if settings.token else {}
-    try:
-        r = httpx.request(method, f"{settings.control_url}{path}", headers=headers,
-                          timeout=900.0, **kwargs)
-    except httpx.HTTPError as exc:
-        console.print(f"[red]control plane at {settings.control_url} unreachable:[/] {exc}")
-        raise typer.Exit(1) from None
-    if r.status_code >= 400:
-        try:
-            error = r.json()["error"]
-            message = f"{error['code']}: {error['message']}"
-        except (ValueError, KeyError, TypeError):
-            message = r.text[:300]
-        console.print(f"[red]refused ({r.status_code}):[/] {message}")
-        raise typer.Exit(2 if r.status_code == 422 else 1)
-    return r.json()
+    return call_api(settings, method, path, timeout=900.0, console=console, **kwargs).json()
 
 
 def _follow(settings: Settings, version: str) -> dict:
