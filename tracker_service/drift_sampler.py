@@ -22,6 +22,7 @@ from anyio import to_thread
 from tracker_service.drift_features import FEATURES, drift_features, samplable
 from tracker_service.metrics import GatewayMetrics
 from tracker_service.settings import GatewaySettings
+from tracker_service.tasks import stop_task
 
 log = logging.getLogger("visionguard.gateway.drift")
 
@@ -58,13 +59,8 @@ class DriftSampler:
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         await self._client.aclose()
 
     def offer(self, bgr: np.ndarray | None, scores: np.ndarray, boxes: np.ndarray, *,

@@ -50,6 +50,7 @@ from tracker_service.frame_store import (FRAMES_PREFIX, FrameStore, FrameStoreEr
                                          StoreFull, StoreUnavailable, frame_keys)
 from tracker_service.metrics import GatewayMetrics
 from tracker_service.settings import GatewaySettings
+from tracker_service.tasks import stop_task
 
 log = logging.getLogger("visionguard.gateway.frames")
 
@@ -144,13 +145,8 @@ class DriftFlag:
             self._task = asyncio.create_task(self._follow(), name="frames-drift-flag")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         if self._client is not None:
             await self._client.aclose()
 
@@ -286,13 +282,8 @@ class FrameSampler:
             self.drift.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
         await self.drift.close()
 
     async def settled(self) -> None:

@@ -18,6 +18,7 @@ import msgspec
 
 from tracker_service.routing import EXPLICIT, Routing
 from tracker_service.settings import GatewaySettings
+from tracker_service.tasks import stop_task
 
 log = logging.getLogger("visionguard.routing")
 
@@ -78,7 +79,7 @@ class RoutingFollower:
             self._task = asyncio.create_task(self._follow())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        await stop_task(self._task)
+        self._task = None
         if self._client is not None:
             await self._client.aclose()
