@@ -1,13 +1,17 @@
-"""Where every millisecond of one detection goes, at each input size and concurrency.
+"""Where every millisecond of one detection goes, at each input size and concurrency, with the
+gateway's reduced-scale JPEG decode off and on side by side.
 
-    python bench/serving_overhead.py [--sizes 256,640] [--concurrency 1,4] [--rounds 3 --window 4]
+    python bench/serving_overhead.py [--sizes 256,640] [--concurrency 1,4] [--rounds 3 --window 3]
 
 For each input size it exports the model at that size, starts Triton and the gateway (as
-`visionguard up` does), and interleaves, round after round, windows of:
-  - the same work in-process, stage by stage, on the same JPEG: JPEG decode (OpenCV), letterbox,
-    the model on the served runtime (OpenVINO with model.py's settings, or onnxruntime), NMS
+`visionguard up` does) with VG_GATEWAY_REDUCED_DECODE=0, and a second gateway, the same in all
+else, with it on; then it interleaves, round after round (the order of the two swapped each
+round), windows of:
+  - the same work in-process, stage by stage, on the same JPEG, with the decode in full and
+    reduced (tracker_service.decode): JPEG decode (OpenCV), letterbox, the model on the served
+    runtime (OpenVINO with model.py's settings, or onnxruntime), NMS
     (tracker_service.nms.postprocess, which the python backend runs);
-  - the gateway at each concurrency: client latency, the gateway's own stage timings (the
+  - each gateway at each concurrency: client latency, the gateway's own stage timings (the
     `timings_ms` every response carries: decode, letterbox, waiting for a Triton slot, the Triton
     call, post-processing), and Triton's per-model statistics over the window (queue, python
     backend input conversion, execute = model + NMS, output conversion).
@@ -15,9 +19,15 @@ The breakdown then reads: client latency = HTTP (parse, body read, response enco
 loop) + decode + letterbox + slot wait + Triton call + post-processing; Triton call = transport
 (gRPC or shared memory, both ways) + Triton queue + input conversion + execute + output
 conversion. The breakdown uses means (Triton's statistics are means, and means add up);
-latency p50 and throughput are medians; overhead = gateway p50 minus the in-process model +
-NMS p50 measured in the same rounds. Prints a table per size and writes JSON
-(default bench/results/serving_overhead.json).
+latency p50 and throughput are medians of windows.
+
+"In-process" in the targets is the issue's: the model + NMS on the served runtime, measured in
+the same rounds (p50 for latency, 1000 / mean for throughput). Per-image overhead = gateway c=1
+p50 minus the in-process p50. Targets (issue 17): at 256 px overhead <= 8 ms and c=4 >= 0.75x
+in-process throughput; at 640 px c=4 >= 1.0x and c=1 p50 <= 1.15x in-process. The default image
+is bus.jpg (810x1080): at 256 px it decodes at 1/4; at 640 px it is not reduced (1080 / 2 < 640),
+so there the two gateways do the same work. Prints a table per size and the targets, and writes
+JSON (default bench/results/serving_overhead.json).
 """
 
 from __future__ import annotations
@@ -33,7 +43,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import cv2
 import httpx
 import numpy as np
 from rich.console import Console
@@ -47,14 +56,19 @@ from bench.gateway_load import gateway_level  # noqa: E402
 from bench.machine import cpu_model  # noqa: E402
 from control_plane.settings import Settings  # noqa: E402
 from control_plane.stack.supervisor import Supervisor  # noqa: E402
-from control_plane.stack.up import start_stack  # noqa: E402
+from control_plane.stack.up import (gateway_command, gateway_env, local_tokens,  # noqa: E402
+                                    release_gateway_regions, start_stack)
 from export.pipeline import export_to_repository  # noqa: E402
+from tracker_service.decode import decode_image  # noqa: E402
 from tracker_service.letterbox import letterbox  # noqa: E402
 from tracker_service.nms import postprocess  # noqa: E402
 
-console = Console()
+console = Console(width=170)
 GATEWAY_STAGES = ("decode", "preprocess", "queue", "infer", "postprocess", "total")
 TRITON_STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
+MODES = ("off", "on")  # VG_GATEWAY_REDUCED_DECODE
+TARGETS = {256: {"overhead_ms": ("<=", 8.0), "c4_vs_in_process": (">=", 0.75)},
+           640: {"c4_vs_in_process": (">=", 1.0), "c1_p50_vs_in_process": ("<=", 1.15)}}
 
 
 def served_runner(onnx_path: Path, runtime: str, threads: int):
@@ -77,23 +91,25 @@ def served_runner(onnx_path: Path, runtime: str, threads: int):
     return lambda batch: session.run(None, {name: batch})[0]
 
 
-def in_process_window(image: bytes, imgsz: int, run, duration: float) -> dict[str, list[float]]:
+def in_process_window(image: bytes, imgsz: int, run, duration: float, reduced: bool
+                      ) -> dict[str, list[float]]:
     """Each stage of one detection, timed separately, for `duration` seconds (ms)."""
     stages: dict[str, list[float]] = {k: [] for k in ("decode", "letterbox", "model", "nms",
-                                                      "total")}
+                                                      "model+nms", "total")}
     stop = time.perf_counter() + duration
     while time.perf_counter() < stop:
         t0 = time.perf_counter()
-        bgr = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
+        decoded = decode_image(image, 10**9, imgsz if reduced else 0)
         t1 = time.perf_counter()
-        rgb, _ = letterbox(bgr, imgsz, 32)
+        rgb, _ = letterbox(decoded.image, imgsz, 32, (decoded.height, decoded.width),
+                           decoded.reduction)
         t2 = time.perf_counter()
         raw = run(rgb[None])
         t3 = time.perf_counter()
         postprocess(raw[0], 0.25, 0.7, 300)
         t4 = time.perf_counter()
         for k, (a, b) in {"decode": (t0, t1), "letterbox": (t1, t2), "model": (t2, t3),
-                          "nms": (t3, t4), "total": (t0, t4)}.items():
+                          "nms": (t3, t4), "model+nms": (t2, t4), "total": (t0, t4)}.items():
             stages[k].append((b - a) * 1000)
     return stages
 
@@ -131,114 +147,208 @@ def mean(xs) -> float:
     return float(np.mean(xs)) if len(xs) else float("nan")
 
 
+def start_second_gateway(settings: Settings, supervisor: Supervisor, tokens: dict[str, str],
+                         reduced: bool) -> str:
+    """Another gateway beside `up`'s, the same in all but VG_GATEWAY_REDUCED_DECODE."""
+    from control_plane.stack.supervisor import wait_http_ok
+    from tests.conftest import free_ports
+
+    (port,) = free_ports(1)
+    env = {**gateway_env(settings, tokens["gateway"], tokens["internal"]),
+           "VG_GATEWAY_REDUCED_DECODE": "1" if reduced else "0"}
+    child = supervisor.start("gateway-reduced",
+                             gateway_command(replace(settings, gateway_port=port)), env,
+                             on_exit=lambda c: release_gateway_regions(settings, c.proc.pid))
+    url = f"http://{settings.host}:{port}"
+    wait_http_ok(f"{url}/readyz", child.proc, settings.startup_timeout_s, child.name)
+    return url
+
+
+def gateway_window(url: str, image: bytes, n: int, args, settings: Settings, into: dict) -> None:
+    before = triton_stats(settings)
+    w = asyncio.run(gateway_level(url, image, n, args.window, args.warmup, timings=True))
+    after = triton_stats(settings)
+    into["latency"] += [seconds * 1000 for seconds in w["latencies"]]
+    into["rates"].append(w["images_per_s"])
+    into["errors"] += w["errors"]
+    for timings in w["timings_ms"]:
+        for k in GATEWAY_STAGES:
+            into["stages"][k].append(float(timings.get(k, 0.0)))
+    into["triton"].append(per_request_ms(before, after))
+
+
 def measure_size(args, imgsz: int, image: bytes) -> dict:
     from tests.conftest import free_ports
 
     with tempfile.TemporaryDirectory(prefix="vg-bench-overhead-") as tmp:
-        http, grpc, metrics, gw, control, ui = free_ports(6)
+        http, grpc, metrics, gw, control = free_ports(5)
         settings = replace(Settings(), model_repository=Path(tmp) / "repo",
                            runtime_dir=Path(tmp) / "runtime", triton_http_port=http,
                            triton_grpc_port=grpc, triton_metrics_port=metrics, gateway_port=gw,
-                           control_port=control, mlflow_ui_port=ui, imgsz=imgsz)
+                           control_port=control, mlflow_ui_port=0, imgsz=imgsz)
         with console.status(f"exporting {args.weights} at {imgsz}"):
             exported = export_to_repository(args.weights, settings.model_repository, version=1,
                                             imgsz=imgsz, intra_op_threads=args.threads,
                                             runtime=args.runtime)
         run = served_runner(exported.onnx_path, args.runtime, args.threads)
-        rgb, _ = letterbox(cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR),
-                           imgsz, 32)
+        decoded = decode_image(image, 10**9, imgsz)
+        rgb, _ = letterbox(decoded.image, imgsz, 32, (decoded.height, decoded.width),
+                           decoded.reduction)
         for _ in range(3):
             run(rgb[None])
-        inproc: dict[str, list[float]] = {}
-        gateway: dict[int, dict] = {n: {"latency": [], "rates": [], "errors": 0,
-                                        "stages": {k: [] for k in GATEWAY_STAGES},
-                                        "triton": []} for n in args.levels}
+        inproc: dict[str, dict[str, list[float]]] = {m: {} for m in MODES}
+        gateway = {m: {n: {"latency": [], "rates": [], "errors": 0,
+                           "stages": {k: [] for k in GATEWAY_STAGES}, "triton": []}
+                       for n in args.levels} for m in MODES}
         with Supervisor(settings.runtime_dir / "logs") as supervisor:
-            with console.status(f"starting Triton and the gateway ({imgsz} px)"):
-                start_stack(settings, supervisor)
-            url = f"http://{settings.host}:{settings.gateway_port}"
+            with console.status(f"starting Triton and two gateways ({imgsz} px)"):
+                # `up`'s gateway with the reduced decode off (its children inherit os.environ).
+                previous = os.environ.get("VG_GATEWAY_REDUCED_DECODE")
+                os.environ["VG_GATEWAY_REDUCED_DECODE"] = "0"
+                try:
+                    tokens = local_tokens(settings)
+                    start_stack(settings, supervisor, tokens)
+                finally:
+                    if previous is None:
+                        del os.environ["VG_GATEWAY_REDUCED_DECODE"]
+                    else:
+                        os.environ["VG_GATEWAY_REDUCED_DECODE"] = previous
+                urls = {"off": f"http://{settings.host}:{settings.gateway_port}",
+                        "on": start_second_gateway(settings, supervisor, tokens, reduced=True)}
             with Progress(console=console, transient=True) as progress:
-                task = progress.add_task(f"{imgsz} px", total=args.rounds * (1 + len(args.levels)))
-                for _ in range(args.rounds):
-                    for k, v in in_process_window(image, imgsz, run, args.window).items():
-                        inproc.setdefault(k, []).extend(v)
-                    progress.advance(task)
-                    for n in args.levels:
-                        before = triton_stats(settings)
-                        w = asyncio.run(gateway_level(url, image, n, args.window, args.warmup,
-                                                      timings=True))
-                        after = triton_stats(settings)
-                        g = gateway[n]
-                        g["latency"] += [seconds * 1000 for seconds in w["latencies"]]
-                        g["rates"].append(w["images_per_s"])
-                        g["errors"] += w["errors"]
-                        for timings in w["timings_ms"]:
-                            for k in GATEWAY_STAGES:
-                                g["stages"][k].append(float(timings.get(k, 0.0)))
-                        g["triton"].append(per_request_ms(before, after))
+                task = progress.add_task(f"{imgsz} px", total=args.rounds * 2 * (
+                    1 + len(args.levels)))
+                for r in range(args.rounds):
+                    order = MODES if r % 2 == 0 else MODES[::-1]
+                    for m in order:
+                        window = in_process_window(image, imgsz, run, args.window, m == "on")
+                        for k, v in window.items():
+                            inproc[m].setdefault(k, []).extend(v)
                         progress.advance(task)
-    model_nms = median(inproc["model"]) + median(inproc["nms"])  # p50s, as the gateway's p50
-    result = {"imgsz": imgsz, "input_hw": list(rgb.shape[:2]),
-              "in_process_ms": {k: mean(v) for k, v in inproc.items()},
-              "in_process_p50_ms": {k: median(v) for k, v in inproc.items()},
-              "in_process_images_per_s": 1000 / mean(inproc["total"]), "gateway": {}}
-    for n, g in gateway.items():
-        stages = {k: mean(v) for k, v in g["stages"].items()}
-        triton = {k: mean([t[k] for t in g["triton"]]) for k in (*TRITON_STAGES, "request",
-                                                                 "batch")}
-        p50 = median(g["latency"])
-        result["gateway"][n] = {
-            "images_per_s": median(g["rates"]), "p50_ms": p50, "mean_ms": mean(g["latency"]),
-            "errors": g["errors"],
-            "stages_ms": stages, "triton_ms": triton,
-            "breakdown_ms": {
-                "http (parse, body, response, event loop)":
-                    mean(g["latency"]) - stages["total"],
-                "JPEG decode": stages["decode"],
-                "letterbox": stages["preprocess"],
-                "wait for a Triton slot": stages["queue"],
-                "transport to/from Triton": stages["infer"] - triton["request"],
-                "Triton queue (dynamic batching)": triton["queue"],
-                "python backend input": triton["compute_input"],
-                "execute (model + NMS, per request)": triton["compute_infer"],
-                "python backend output": triton["compute_output"],
-                "boxes back + response body": stages["postprocess"],
-            },
-            "overhead_ms": p50 - model_nms,
-            "vs_in_process_throughput": median(g["rates"]) / result["in_process_images_per_s"],
-        }
+                    for n in args.levels:
+                        for m in order:
+                            gateway_window(urls[m], image, n, args, settings, gateway[m][n])
+                            progress.advance(task)
+    base = inproc["off"]  # the model + NMS, whichever the decode
+    in_p50, in_rate = median(base["model+nms"]), 1000 / mean(base["model+nms"])
+    result = {"imgsz": imgsz, "input_hw": list(rgb.shape[:2]), "reduction": decoded.reduction,
+              "in_process_model_nms_p50_ms": in_p50, "in_process_images_per_s": in_rate,
+              "in_process": {m: {"mean_ms": {k: mean(v) for k, v in inproc[m].items()},
+                                 "p50_ms": {k: median(v) for k, v in inproc[m].items()}}
+                             for m in MODES},
+              "gateway": {m: {n: summarise(g, in_p50, in_rate) for n, g in gateway[m].items()}
+                          for m in MODES}}
+    off, on = result["gateway"]["off"], result["gateway"]["on"]
+    result["on_vs_off"] = {n: {"images_per_s": on[n]["images_per_s"] / off[n]["images_per_s"],
+                               "p50": on[n]["p50_ms"] / off[n]["p50_ms"]} for n in args.levels}
+    result["targets"] = check_targets(imgsz, result)
     return result
 
 
+def summarise(g: dict, in_p50: float, in_rate: float) -> dict:
+    stages = {k: mean(v) for k, v in g["stages"].items()}
+    triton = {k: mean([t[k] for t in g["triton"]]) for k in (*TRITON_STAGES, "request", "batch")}
+    p50 = median(g["latency"])
+    return {
+        "images_per_s": median(g["rates"]), "p50_ms": p50, "mean_ms": mean(g["latency"]),
+        "errors": g["errors"], "stages_ms": stages, "triton_ms": triton,
+        "breakdown_ms": {
+            "http (parse, body, response, event loop)": mean(g["latency"]) - stages["total"],
+            "JPEG decode": stages["decode"],
+            "letterbox": stages["preprocess"],
+            "wait for a Triton slot": stages["queue"],
+            "transport to/from Triton": stages["infer"] - triton["request"],
+            "Triton queue (dynamic batching)": triton["queue"],
+            "python backend input": triton["compute_input"],
+            "execute (model + NMS, per request)": triton["compute_infer"],
+            "python backend output": triton["compute_output"],
+            "boxes back + response body": stages["postprocess"],
+        },
+        "overhead_ms": p50 - in_p50,
+        "p50_vs_in_process": p50 / in_p50,
+        "vs_in_process_throughput": median(g["rates"]) / in_rate,
+    }
+
+
+def check_targets(imgsz: int, result: dict) -> list[dict]:
+    """The issue's targets at this size (none at other sizes), for each gateway."""
+    where = {"overhead_ms": (1, "overhead_ms"), "c4_vs_in_process": (4, "vs_in_process_throughput"),
+             "c1_p50_vs_in_process": (1, "p50_vs_in_process")}
+    rows = []
+    for metric, (op, target) in TARGETS.get(imgsz, {}).items():
+        level, key = where[metric]
+        for m in MODES:
+            if level not in result["gateway"][m]:  # that concurrency was not measured
+                continue
+            value = result["gateway"][m][level][key]
+            rows.append({"metric": metric, "reduced_decode": m, "value": value, "op": op,
+                         "target": target,
+                         "met": value <= target if op == "<=" else value >= target})
+    return rows
+
+
 def print_size(result: dict) -> None:
-    ip = result["in_process_ms"]
-    levels = sorted(result["gateway"])
+    levels = sorted(result["gateway"]["off"])
+    ip = result["in_process"]
+    cols = [(m, n) for n in levels for m in MODES]
     table = Table(title=f"{result['imgsz']} px (input {result['input_hw'][0]}x"
-                        f"{result['input_hw'][1]}): mean ms per request by stage")
+                        f"{result['input_hw'][1]}; reduced decode: 1/{result['reduction']}): "
+                        "mean ms per request by stage, reduced decode off | on")
     table.add_column("stage")
-    table.add_column("in-process", justify="right")
-    for n in levels:
-        table.add_column(f"gateway c={n}", justify="right")
-    keys = list(result["gateway"][levels[0]]["breakdown_ms"])
-    in_proc_of = {"JPEG decode": ip["decode"], "letterbox": ip["letterbox"],
-                  "execute (model + NMS, per request)": ip["model"] + ip["nms"]}
-    for k in keys:
-        table.add_row(k, f"{in_proc_of[k]:.2f}" if k in in_proc_of else "",
-                      *[f"{result['gateway'][n]['breakdown_ms'][k]:.2f}" for n in levels])
-    table.add_row("  of which the model (in-process)", f"{ip['model']:.2f}", *[""] * len(levels))
-    table.add_row("  of which NMS (in-process)", f"{ip['nms']:.2f}", *[""] * len(levels))
-    table.add_row("total (mean)", f"{ip['total']:.2f}",
-                  *[f"{result['gateway'][n]['mean_ms']:.2f}" for n in levels])
-    table.add_row("total (p50)", f"{result['in_process_p50_ms']['total']:.2f}",
-                  *[f"{result['gateway'][n]['p50_ms']:.2f}" for n in levels])
-    table.add_row("overhead (p50 - model - NMS)", "",
-                  *[f"{result['gateway'][n]['overhead_ms']:.2f}" for n in levels])
-    table.add_row("images/s (median of windows)", f"{result['in_process_images_per_s']:.1f}",
-                  *[f"{result['gateway'][n]['images_per_s']:.1f}" for n in levels])
-    table.add_row("x in-process throughput", "1.00",
-                  *[f"{result['gateway'][n]['vs_in_process_throughput']:.2f}" for n in levels])
-    table.add_row("Triton requests per execution", "",
-                  *[f"{result['gateway'][n]['triton_ms']['batch']:.2f}" for n in levels])
+    for m in MODES:
+        table.add_column(f"in-process {m}", justify="right")
+    for m, n in cols:
+        table.add_column(f"c={n} {m}", justify="right")
+
+    def gw(m: str, n: int) -> dict:
+        return result["gateway"][m][n]
+
+    in_proc_of = {"JPEG decode": "decode", "letterbox": "letterbox",
+                  "execute (model + NMS, per request)": "model+nms"}
+    for k in gw("off", levels[0])["breakdown_ms"]:
+        table.add_row(k, *[f"{ip[m]['mean_ms'][in_proc_of[k]]:.2f}" if k in in_proc_of else ""
+                           for m in MODES],
+                      *[f"{gw(m, n)['breakdown_ms'][k]:.2f}" for m, n in cols])
+    for k in ("model", "nms"):
+        table.add_row(f"  of which {k} (in-process)",
+                      *[f"{ip[m]['mean_ms'][k]:.2f}" for m in MODES], *[""] * len(cols))
+    table.add_row("total (mean)", *[f"{ip[m]['mean_ms']['total']:.2f}" for m in MODES],
+                  *[f"{gw(m, n)['mean_ms']:.2f}" for m, n in cols])
+    table.add_row("total (p50)", *[f"{ip[m]['p50_ms']['total']:.2f}" for m in MODES],
+                  *[f"{gw(m, n)['p50_ms']:.2f}" for m, n in cols])
+    table.add_row("in-process model + NMS p50; overhead = p50 - it",
+                  f"{result['in_process_model_nms_p50_ms']:.2f}", "",
+                  *[f"{gw(m, n)['overhead_ms']:.2f}" for m, n in cols])
+    table.add_row("p50 / in-process model + NMS p50", "", "",
+                  *[f"{gw(m, n)['p50_vs_in_process']:.2f}" for m, n in cols])
+    table.add_row("images/s (in-process: model + NMS)",
+                  f"{result['in_process_images_per_s']:.1f}", "",
+                  *[f"{gw(m, n)['images_per_s']:.1f}" for m, n in cols])
+    table.add_row("x in-process throughput", "1.00", "",
+                  *[f"{gw(m, n)['vs_in_process_throughput']:.2f}" for m, n in cols])
+    table.add_row("on / off: images/s, p50", "", "",
+                  *["" if m == "off" else f"{result['on_vs_off'][n]['images_per_s']:.2f}x, "
+                    f"{result['on_vs_off'][n]['p50']:.2f}x" for m, n in cols])
+    table.add_row("Triton requests per execution", "", "",
+                  *[f"{gw(m, n)['triton_ms']['batch']:.2f}" for m, n in cols])
+    table.add_row("errors", "", "", *[str(gw(m, n)["errors"]) for m, n in cols])
+    console.print(table)
+
+
+def print_targets(results: list[dict]) -> None:
+    table = Table(title="Issue 17 targets (in-process = the model + NMS on the served runtime)")
+    for column in ("size", "metric", "target", "reduced decode off", "reduced decode on"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for r in results:
+        by_metric: dict[str, dict[str, dict]] = {}
+        for row in r["targets"]:
+            by_metric.setdefault(row["metric"], {})[row["reduced_decode"]] = row
+        for metric, rows in by_metric.items():
+            first = next(iter(rows.values()))
+            table.add_row(str(r["imgsz"]), metric, f"{first['op']} {first['target']}",
+                          *[(f"{rows[m]['value']:.2f} "
+                             f"{'[green]met[/]' if rows[m]['met'] else '[red]missed[/]'}")
+                            if m in rows else "" for m in MODES])
     console.print(table)
 
 
@@ -249,7 +359,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="256,640")
     parser.add_argument("--concurrency", default="1,4")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--window", type=float, default=4.0, help="seconds per window")
+    parser.add_argument("--window", type=float, default=3.0, help="seconds per window")
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--weights", default="yolov8n.yaml")
     parser.add_argument("--runtime", default="openvino", choices=["openvino", "onnxruntime"])
@@ -269,6 +379,8 @@ def main() -> None:
         result = measure_size(args, size, image)
         print_size(result)
         results["sizes"].append(result)
+    print_targets(results["sizes"])
+    results["load_average_at_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=2))

@@ -1,6 +1,6 @@
 """One image through the detector: admit, decode, letterbox, Triton, boxes back to the image.
 
-CPU-bound steps (decode, letterbox) run in worker threads so the event loop keeps accepting
+CPU-bound steps (decode, letterbox) run in one worker-thread hop so the event loop keeps accepting
 and answering requests while they run; the gateway then overlaps decoding the next image with
 Triton computing the current one.
 
@@ -79,6 +79,12 @@ class Detections:
     image: np.ndarray  # decoded BGR pixels: appearance embeddings and drift features read them
     stages: StageTimes
     timings_ms: dict[str, float]
+    # `image` is this many times smaller than width x height (decode.py's reduced JPEG decode).
+    reduction: int = 1
+
+    def image_boxes(self) -> np.ndarray:
+        """`boxes` in `image`'s pixels (a reduced decode's are smaller than the original's)."""
+        return self.boxes / self.reduction if self.reduction > 1 else self.boxes
 
     def as_array(self) -> np.ndarray:
         """[K, 6] x1 y1 x2 y2 score class, the trackers' input."""
@@ -86,12 +92,13 @@ class Detections:
                                self.classes[:, None].astype(np.float32)], axis=1)
 
 
-def _prepare(data: bytes, max_pixels: int, imgsz: int, stride: int):
+def _prepare(data: bytes, max_pixels: int, imgsz: int, stride: int, reduced: bool):
     t0 = time.perf_counter()
-    bgr = decode_image(data, max_pixels)
+    decoded = decode_image(data, max_pixels, imgsz if reduced else 0)
     t1 = time.perf_counter()
-    rgb, geo = letterbox(bgr, imgsz, stride)
-    return bgr, rgb, geo, t0, t1, time.perf_counter()
+    rgb, geo = letterbox(decoded.image, imgsz, stride, (decoded.height, decoded.width),
+                         decoded.reduction)
+    return decoded, rgb, geo, t0, t1, time.perf_counter()
 
 
 class DetectionPipeline:
@@ -129,8 +136,9 @@ class DetectionPipeline:
         start, wall_start = time.perf_counter(), time.time_ns()
         info = await self.client.model_info(opts.version)
         imgsz = min(self.settings.imgsz, info.imgsz)
-        bgr, rgb, geo, t_decode, t_pre, t_prepared = await to_thread.run_sync(
-            _prepare, data, self.settings.max_pixels, imgsz, info.stride)
+        decoded, rgb, geo, t_decode, t_pre, t_prepared = await to_thread.run_sync(
+            _prepare, data, self.settings.max_pixels, imgsz, info.stride,
+            self.settings.reduced_decode)
         t_wait = time.perf_counter()
         async with self._slots:
             t_infer = time.perf_counter()
@@ -152,5 +160,6 @@ class DetectionPipeline:
         stages = StageTimes(wall_start, start, t_decode, t_pre, t_prepared, t_wait, t_infer,
                             t_post, time.perf_counter())
         return Detections(boxes, dets[:, 4].copy(), dets[:, 5].astype(np.int64), geo.orig_w,
-                          geo.orig_h, info, result.model_version, bgr, stages,
-                          {k: round(v * 1000, 3) for k, v in stages.seconds().items()})
+                          geo.orig_h, info, result.model_version, decoded.image, stages,
+                          {k: round(v * 1000, 3) for k, v in stages.seconds().items()},
+                          decoded.reduction)

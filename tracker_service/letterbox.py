@@ -3,6 +3,11 @@
 The minimal-rectangle letterbox (`auto`): scale the longest side to `imgsz`, pad each side to a
 multiple of the stride with grey 114, centred. bus.jpg (810x1080) becomes 480x640, not 640x640,
 a quarter less work than a square input.
+
+An image decoded at a reduced scale (decode.py) is letterboxed as its original would be: the
+same input shape and the same geometry, so boxes map back to the original's pixels. Its resize
+uses the reduction's exact scale (the reduced image is rounded up, 203 pixels for 810 / 4), so
+a box does not drift by a fraction of a pixel towards the far edge.
 """
 
 from __future__ import annotations
@@ -25,14 +30,23 @@ class Letterbox:
     pad_y: int
 
 
-def letterbox(bgr: np.ndarray, imgsz: int, stride: int) -> tuple[np.ndarray, Letterbox]:
-    """BGR HxWx3 -> (RGB letterboxed HxWx3 uint8, geometry to map boxes back)."""
-    h, w = bgr.shape[:2]
+def letterbox(bgr: np.ndarray, imgsz: int, stride: int, original: tuple[int, int] | None = None,
+              reduction: int = 1) -> tuple[np.ndarray, Letterbox]:
+    """BGR HxWx3 -> (RGB letterboxed HxWx3 uint8, geometry to map boxes back).
+
+    `original` (height, width) and `reduction`: `bgr` is that image decoded `reduction` times
+    smaller (decode.py's Decoded); the geometry maps to the original's pixels."""
+    h, w = original or bgr.shape[:2]
     r = min(imgsz / h, imgsz / w)
     new_w, new_h = max(round(w * r), 1), max(round(h * r), 1)
     dw, dh = (imgsz - new_w) % stride / 2, (imgsz - new_h) % stride / 2
-    img = bgr if (w, h) == (new_w, new_h) else cv2.resize(
-        bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    if bgr.shape[:2] == (new_h, new_w):
+        img = bgr
+    elif reduction == 1:
+        img = cv2.resize(bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    else:  # scale by the original's ratio; the rounded-up last row and column fall off
+        img = cv2.resize(bgr, None, fx=new_w * reduction / w, fy=new_h * reduction / h,
+                         interpolation=cv2.INTER_LINEAR)[:new_h, :new_w]
     top, bottom = round(dh - 0.1), round(dh + 0.1)
     left, right = round(dw - 0.1), round(dw + 0.1)
     img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT,

@@ -311,13 +311,14 @@ class DetectionService:
                                     d.scores)
         # Drift features of sampled requests (never blocks: a full buffer drops the sample).
         if self.drift is not None:
-            self.drift.offer(d.image, d.scores, d.boxes, conf=opts.conf, classes=opts.classes,
-                             max_det=opts.max_det, model_version=d.model_version)
+            self.drift.offer(d.image, d.scores, d.image_boxes(), conf=opts.conf,
+                             classes=opts.classes, max_det=opts.max_det,
+                             model_version=d.model_version)
         return d
 
     async def _embed(self, d: Detections) -> np.ndarray:
         """Appearance embeddings of the detections, from the configured embedder."""
-        rgb = cv2.cvtColor(d.image, cv2.COLOR_BGR2RGB)
+        rgb, boxes = cv2.cvtColor(d.image, cv2.COLOR_BGR2RGB), d.image_boxes()
         if isinstance(self.embedder, HistogramEmbedder):
-            return await to_thread.run_sync(self.embedder.embed, rgb, d.boxes)
-        return await self.embedder.embed(rgb, d.boxes)
+            return await to_thread.run_sync(self.embedder.embed, rgb, boxes)
+        return await self.embedder.embed(rgb, boxes)

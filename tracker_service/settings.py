@@ -26,6 +26,13 @@ class GatewaySettings:
     retry_after_s: int = env("VG_GATEWAY_RETRY_AFTER_S", 2)
     # Input size fed to the model (longest side); the letterbox pads to the stride.
     imgsz: int = env("VG_GATEWAY_IMGSZ", 640)
+    # Decode a JPEG at 1/2, 1/4 or 1/8 scale when its longer side is at least that many times
+    # the model's input (tracker_service/decode.py): bus.jpg at 256 px decodes in 2.1 ms, not
+    # 7.1. On by default: on held-out shapes images (bench/reduced_decode_parity.py, bootstrap
+    # detector, imgsz 256) mAP50-95 moved -0.6 points at 1/2 and +0.5 at 1/4, within noise; boxes
+    # agree with Ultralytics' predictor to the tolerance in tests/test_parity.py, not exactly.
+    # Off: pixels exactly as the predictor decodes them.
+    reduced_decode: bool = env("VG_GATEWAY_REDUCED_DECODE", True)
     # Pass images to Triton through system shared memory: only where gateway and Triton share
     # a host (`visionguard up` turns it on); one region per Triton call in flight.
     shared_memory: bool = env("VG_GATEWAY_SHARED_MEMORY", False)

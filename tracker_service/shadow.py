@@ -155,7 +155,8 @@ class ShadowMirror:
         d, opts, version = mirror.detections, mirror.opts, mirror.version
         info = await self.client.model_info(version)
         rgb, geo = await to_thread.run_sync(letterbox, d.image, min(self.settings.imgsz,
-                                                                    info.imgsz), info.stride)
+                                                                    info.imgsz), info.stride,
+                                            (d.height, d.width), d.reduction)
         result = await self.client.infer(rgb, conf=opts.conf, iou=opts.iou,
                                          max_det=300 if opts.classes else opts.max_det,
                                          version=version)
