@@ -154,6 +154,16 @@ class Settings:
     canary_ks_p_value: float = env("VG_CANARY_KS_P_VALUE", 0.01)
     canary_ks_max_statistic: float = env("VG_CANARY_KS_MAX_STATISTIC", 0.1)
     canary_max_fragment_increase: float = env("VG_CANARY_MAX_FRAGMENT_INCREASE", 2.0)
+    # The shadow's agreement (issue 15 item 2): a challenger that was the shadow before its
+    # canary is judged on its last shadow run's matched-box fraction (2 x matched / (champion +
+    # shadow boxes), every gateway's comparisons from the shadow's start to its stop, read when
+    # the canary starts): under min_shadow_agreement fails. Not evaluated (never blocks) with
+    # fewer than min_shadow_compared compared requests, for a version never shadowed, or when
+    # the champion changed since. 0.7 is a starting point to tune, not a measurement of
+    # retrained models: the same weights agree at >= 0.95 (tests/test_shadow.py), and a blind or
+    # broken export keeps almost none of the champion's boxes.
+    canary_min_shadow_agreement: float = env("VG_CANARY_MIN_SHADOW_AGREEMENT", 0.7)
+    canary_min_shadow_compared: int = env("VG_CANARY_MIN_SHADOW_COMPARED", 50)
     canary_gateways: str = env("VG_CANARY_GATEWAYS", "")
     canary_poll_s: float = env("VG_CANARY_POLL_S", 10.0)
 

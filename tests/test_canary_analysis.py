@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -19,7 +20,7 @@ import pytest
 
 from control_plane.releases.canary_analysis import (AnalysisRunning, CanaryAnalyst, InvalidWindow,
                                                     Thresholds, VersionWindow, decide, judge,
-                                                    parse_window)
+                                                    judge_shadow, parse_window, read_shadow_run)
 from control_plane.errors import ControlPlaneError
 from control_plane.settings import Settings
 from tracker_service.tracking import TrackState
@@ -101,7 +102,7 @@ def test_a_failing_hook_never_fails_the_request():
 T = Thresholds(min_requests=100, min_scores=200, min_tracked_frames=100,
                max_error_rate_increase=0.01, max_p95_ratio=1.5, p95_slack_ms=20.0,
                max_detections_change=0.25, ks_p_value=0.01, ks_max_statistic=0.1,
-               max_fragment_increase=2.0)
+               max_fragment_increase=2.0, min_shadow_agreement=0.7, min_shadow_compared=50)
 
 
 def window(n: int = 400, seed: int = 0, errors: int = 0, latency: float = 30.0,
@@ -167,11 +168,86 @@ def test_too_few_samples_skip_a_criterion_and_too_little_traffic_extends_once():
     assert decision == "abort" and reason.startswith("too little traffic after extending")
 
 
+def shadow_run(compared: int = 120, matched: int = 300, boxes: int = 320,
+               champion: str = "1") -> dict:
+    """A shadow run's record as read_shadow_run makes it: `boxes` on each side."""
+    return {"since": 900.0, "until": 950.0, "champion": champion, "compared": compared,
+            "matched_fraction": round(2 * matched / (2 * boxes), 4), "class_agreement": 0.98,
+            "mean_abs_score_delta": 0.012, "champion_boxes": boxes, "shadow_boxes": boxes,
+            "matched": matched, "shed": 4, "shed_by_reason": {"busy": 4}, "errors": 0,
+            "gateways": 1, "gateway_failures": {}}
+
+
+def test_the_shadow_runs_agreement_is_a_criterion_when_enough_was_compared():
+    agreed = judge_shadow(shadow_run(), "2", "1", T)
+    assert agreed.passed and agreed.challenger == agreed.statistic == 0.9375
+    assert "0.938 over 120 compared" in agreed.reason and "class agreement 0.980" in agreed.reason
+    assert agreed.extra["compared_with_champion"] == "1" and agreed.extra["shed"] == 4
+    apart = judge_shadow(shadow_run(matched=100), "2", "1", T)
+    assert apart.passed is False and "limit >= 0.7" in apart.reason
+    base, same = window(seed=0), window(seed=1)
+    criteria = judge(base, same, T) + [apart]
+    assert decide(base, same, criteria, T, extended=False) == ("abort", apart.reason), \
+        "a shadow that disagreed aborts a canary whose live numbers all pass"
+    # Not evaluated, and never blocking: too few compared, never shadowed, another champion.
+    few = judge_shadow(shadow_run(compared=12, matched=10), "2", "1", T)
+    assert few.passed is None and "12 compared < minimum 50" in few.reason
+    never = judge_shadow(None, "2", "1", T)
+    assert never.passed is None and "version 2 was not shadowed" in never.reason
+    other = judge_shadow(shadow_run(champion="3"), "2", "1", T)
+    assert other.passed is None and "compared with champion 3, the champion is now 1" in \
+        other.reason
+    for skipped in (few, never, other):
+        assert decide(base, same, judge(base, same, T) + [skipped], T, extended=False) == (
+            "promote", "every criterion passed (not evaluated: shadow_agreement)")
+
+
+def test_the_shadow_run_is_the_last_one_in_the_audit_log_summed_over_gateways(tmp_path):
+    from control_plane.releases.audit import AuditLog
+
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    assert read_shadow_run(Settings(), audit, "2", fetch=None) is None
+    audit.record("cli", "shadow", model="m", version="2", percent=10, champion="1", seconds=2.5)
+    audit.record("cli", "shadow_stop", model="m", version="2")
+    audit.record("cli", "shadow", model="m", version="2", outcome="refused", reason="x")
+    audit.record("cli", "shadow", model="m", version="2", percent=10, champion="3", seconds=1.0)
+    audit.record("cli", "shadow", model="m", version="2", percent=20, champion="3", seconds=0.1)
+    audit.record("cli", "shadow", model="m", version="4", percent=10, champion="3", seconds=0.1)
+    audit.record("cli", "shadow_stop", model="m", version="2")
+    at = [datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp()
+          for e in audit.entries()]
+    asked = []
+
+    def fetch(settings, since, until):
+        asked.append((since, until))
+        one = {"compared": 30, "champion_boxes": 100, "shadow_boxes": 80, "matched": 70,
+               "class_agreed": 63, "score_delta_sum": 1.4, "shed": {"busy": 2, "queue_full": 1},
+               "errors": 1}
+        two = {**one, "compared": 10, "champion_boxes": 0, "shadow_boxes": 20, "matched": 0,
+               "class_agreed": 0, "score_delta_sum": 0.0}
+        return ([{"gateway": "a", "versions": {"2": one, "4": two}},
+                 {"gateway": "b", "versions": {"2": two}}], {"http://c:8000": "ConnectError"})
+
+    run = read_shadow_run(Settings(), audit, "2", fetch=fetch)
+    # The second run (the refused entry is none): from its first operation's start (the entry
+    # is written when the operation is done) to its stop; the share change is the same run.
+    assert asked == [(pytest.approx(at[3] - 1.0), pytest.approx(at[6]))]
+    assert run["champion"] == "3" and run["compared"] == 40 and run["gateways"] == 2
+    # Sums first, then fractions: 2 x 70 / (100 + 80 + 20), not a mean of the two gateways'.
+    assert run["matched_fraction"] == 0.7 and run["class_agreement"] == 0.9
+    assert run["mean_abs_score_delta"] == 0.02 and run["shed"] == 6 and run["errors"] == 2
+    assert run["gateway_failures"] == {"http://c:8000": "ConnectError"}
+
+
 def test_thresholds_come_from_settings(monkeypatch):
     monkeypatch.setenv("VG_CANARY_MAX_P95_RATIO", "3.0")
     monkeypatch.setenv("VG_CANARY_MIN_REQUESTS", "7")
+    monkeypatch.setenv("VG_CANARY_MIN_SHADOW_AGREEMENT", "0.95")
+    monkeypatch.setenv("VG_CANARY_MIN_SHADOW_COMPARED", "500")
     t = Thresholds.from_settings(Settings())
     assert (t.max_p95_ratio, t.min_requests) == (3.0, 7)
+    assert (t.min_shadow_agreement, t.min_shadow_compared) == (0.95, 500)
+    assert judge_shadow(shadow_run(), "2", "1", t).passed is None, "120 compared < 500"
     assert Thresholds.from_settings(replace(Settings(), canary_ks_p_value=0.2)).ks_p_value == 0.2
     slower = window(seed=1, latency=60.0)
     assert next(c for c in judge(window(), slower, t) if c.name == "p95_latency").passed
@@ -225,9 +301,10 @@ def registry(tmp_path, mlflow_uri, request):
     return reg
 
 
-def analyst_for(registry, answers: list[dict], now: list[float]):
+def analyst_for(registry, answers: list[dict], now: list[float], shadow_answers=()):
     promotions = Promotions()
     analyst = CanaryAnalyst(registry.settings, registry, fetch=lambda s, since: (answers, {}),
+                            shadow_fetch=lambda s, since, until: (list(shadow_answers), {}),
                             promoter_factory=lambda: promotions, clock=lambda: now[0])
     analyst.close()  # no background loop: the test takes each step
     return analyst, promotions
@@ -308,10 +385,49 @@ def test_an_equal_challenger_is_promoted_with_its_numbers_kept(registry):
     analyst.step(analyst.status())
     done = analyst.status()
     assert done["status"] == "promoted", done["reason"]
-    assert promotions.calls == [("promote", "2",
-                                 "automated canary analysis: every criterion passed")]
+    assert done["shadow"] is None, "version 2 was never shadowed"
+    assert promotions.calls == [("promote", "2", "automated canary analysis: every criterion "
+                                 "passed (not evaluated: shadow_agreement)")]
     ks = json.loads(registry.get("2").tags["visionguard.canary.score_distribution"])
     assert ks["verdict"] == "pass" and ks["n_challenger"] == 90
+    shadow = json.loads(registry.get("2").tags["visionguard.canary.shadow_agreement"])
+    assert shadow["verdict"] == "skipped" and shadow["statistic"] is None
+
+
+def test_a_shadow_that_disagreed_aborts_an_otherwise_equal_canary_and_says_so(registry):
+    from control_plane.releases.audit import AuditLog
+
+    audit = AuditLog(registry.settings.audit_file)
+    audit.record("test", "shadow", model=registry.name, version="2", percent=20,
+                 champion="1", seconds=0.5)
+    audit.record("test", "shadow_stop", model=registry.name, version="2")
+    compared = {"compared": 80, "champion_boxes": 240, "shadow_boxes": 160, "matched": 100,
+                "class_agreed": 90, "score_delta_sum": 3.0, "shed": {"busy": 5}, "errors": 0}
+    now = [1000.0]
+    answers = [gateway_answer(stats(30, frames=20), stats(30, frames=20))]
+    analyst, promotions = analyst_for(registry, answers, now,
+                                      [{"gateway": "g", "versions": {"2": compared}}])
+    _, started = analyst.start("2", 50, 60.0, "test", canary_of(registry, "2"))
+    assert started["shadow"]["compared"] == 80 and started["shadow"]["matched_fraction"] == 0.5
+    now[0] = 1061.0
+    analyst.step(analyst.status())
+    done = analyst.status()
+    assert done["status"] == "aborted"
+    assert done["reason"].startswith("shadow matched-box fraction 0.500 over 80 compared")
+    assert promotions.calls == [("abort", f"automated canary analysis: {done['reason']}")]
+    # The numbers behind it: the analysis (HTTP and CLI show its criteria), the MLflow tag,
+    # the audit log.
+    criterion = next(c for c in done["criteria"] if c["name"] == "shadow_agreement")
+    assert criterion["passed"] is False and criterion["challenger"] == 0.5
+    assert all(c["passed"] for c in done["criteria"] if c["name"] != "shadow_agreement"), \
+        "every live criterion passed"
+    tag = json.loads(registry.get("2").tags["visionguard.canary.shadow_agreement"])
+    assert (tag["verdict"], tag["statistic"], tag["compared"]) == ("fail", 0.5, 80)
+    assert tag["compared_with_champion"] == "1" and tag["class_agreement"] == 0.9
+    entries = [e for e in audit.entries() if e["action"] == "canary_analysis"]
+    assert entries[0]["outcome"] == "started" and entries[0]["shadow"]["compared"] == 80
+    assert entries[-1]["outcome"] == "aborted" and any(
+        c["name"] == "shadow_agreement" and c["passed"] is False for c in entries[-1]["criteria"])
 
 
 def test_a_restart_reports_the_running_analysis_interrupted_and_leaves_the_canary(registry):
@@ -465,8 +581,9 @@ def test_live_canaries_promote_an_equal_challenger_and_abort_a_blind_one(own_rel
     onnx_path = Path(settings.model_repository) / MODEL / v1 / "model.onnx"
     v2 = register_like(registry, v1, onnx_path, "equal")
     v3 = register_like(registry, v1, blind_onnx(onnx_path, tmp_path / "model.onnx"), "blind")
-    # The internal endpoint needs the gateway's internal token, which the control plane sends.
-    assert httpx.get(f"{gateway}/v1/internal/version-stats", timeout=10).status_code == 401
+    # The internal endpoints need the gateway's internal token, which the control plane sends.
+    for route in ("version-stats", "shadow-stats"):
+        assert httpx.get(f"{gateway}/v1/internal/{route}", timeout=10).status_code == 401
     to_champion, to_challenger = split_streams(50, 2)
     image = shapes_images[0].read_bytes()
     with Load(gateway, image, [[to_champion[0], to_challenger[0]],
@@ -517,4 +634,5 @@ def test_live_canaries_promote_an_equal_challenger_and_abort_a_blind_one(own_rel
     abort_entry = next(e for e in entries if e["action"] == "canary_abort")
     assert abort_entry["actor"] == "canary-analysis" and "detections" in abort_entry["reason"]
     promote_entry = next(e for e in entries if e["action"] == "promote" and e["outcome"] == "ok")
-    assert promote_entry["reason"] == "automated canary analysis: every criterion passed"
+    assert promote_entry["reason"] == ("automated canary analysis: every criterion passed "
+                                       "(not evaluated: shadow_agreement)")

@@ -8,7 +8,9 @@ on the session's real stack (`visionguard up`: Triton, gateway, control plane, M
 served (seeded) ONNX is the champion (registered as test_console registers it, when no test
 has yet), the same ONNX registered again is a shadow that must agree with it, and the suite's
 trained detector exported to ONNX is a shadow that must agree less. A second gateway with a
-one-place shadow queue sheds mirrors under concurrent clients.
+one-place shadow queue sheds mirrors under concurrent clients, and its comparison sums are
+what the automated canary analysis reads for the run (tests/test_canary_analysis.py judges
+recorded runs). The gateway dashboard's shadow panels are drawn by a real Prometheus.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -28,9 +31,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import gateway_process
 from tests.test_console import register
 from tests.test_gateway_service import FakeTriton, Upload, make_service, png
+from tests.test_grafana import prometheus  # noqa: F401 - the fixture: Prometheus on the stack
 from tracker_service.detection import DetectOptions
 from tracker_service.routing import Routing
-from tracker_service.shadow import compare
+from tracker_service.shadow import ShadowStats, compare
 from tracker_service.triton_client import InferResult
 
 BOXES = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]], np.float32)
@@ -50,6 +54,33 @@ def test_compare_matches_boxes_one_to_one_by_iou():
     assert compare((BOXES, SCORES, CLASSES), shadow, 0.7).matched == 0  # under the threshold
     empty = compare((BOXES, SCORES, CLASSES), (BOXES[:0], SCORES[:0], CLASSES[:0]), 0.5)
     assert (empty.matched, empty.shadow_boxes) == (0, 0)
+
+
+def test_shadow_stats_sum_one_run_per_version_and_are_bounded():
+    now = [100.0]
+    stats = ShadowStats(max_versions=2, max_records=3, clock=lambda: now[0])
+    agree = compare((BOXES, SCORES, CLASSES), (BOXES, SCORES - 0.05, CLASSES), 0.5)
+    half = compare((BOXES, SCORES, CLASSES), (BOXES[:1], SCORES[:1], CLASSES[:1] + 1), 0.5)
+    stats.compared("2", agree)  # an earlier run, at t=100
+    now[0] = 200.0
+    stats.compared("2", agree)
+    stats.compared("2", half)
+    stats.dropped("2", "busy")
+    stats.dropped("2", "error")
+    now[0] = 300.0
+    stats.dropped("2", "queue_full")  # after the run's end
+    run = stats.snapshot(since=150.0, until=250.0)["versions"]["2"]
+    assert run == {**run, "compared": 2, "champion_boxes": 6, "shadow_boxes": 4, "matched": 4,
+                   "class_agreed": 3, "shed": {"queue_full": 0, "busy": 1}, "errors": 1}
+    assert run["score_delta_sum"] == pytest.approx(0.15 + 0.0)
+    assert stats.snapshot(since=250.0)["versions"]["2"]["shed"]["queue_full"] == 1
+    stats.compared("2", agree)
+    stats.compared("2", agree)  # a ring of 3: the comparison at t=100 is gone
+    kept = stats.snapshot()["versions"]["2"]
+    assert kept["compared"] == 3 and kept["from_t"]["compared"] == 200.0
+    stats.compared("3", agree)
+    stats.compared("4", agree)  # a third version: the least recently mirrored one goes
+    assert set(stats.snapshot()["versions"]) == {"3", "4"}
 
 
 def test_routing_mirrors_only_the_champions_answers():
@@ -102,6 +133,9 @@ async def test_clients_never_wait_for_the_shadow_and_a_full_queue_sheds():
         for i in range(5):  # the shadow's calls all wait; the clients' are answered
             d = await service.detect(Upload(png(40 + i, 50)), DetectOptions())
             assert d.model_version == "1"
+        # The version's series exist from its first mirror: "no errors" is a 0, not absent.
+        assert service.metrics.registry.get_sample_value(
+            "visionguard_gateway_shadow_errors_total", {"version": "2"}) == 0.0
         # One mirror in the worker's blocked call, two in the queue, two shed.
         assert sample(service, "visionguard_gateway_shadow_shed_total", version="2",
                       reason="queue_full") == 2
@@ -113,6 +147,12 @@ async def test_clients_never_wait_for_the_shadow_and_a_full_queue_sheds():
         assert sample(service, "visionguard_gateway_shadow_boxes_total", version="2",
                       kind="matched") == 3
         assert triton.asked.count("1") == 5 and triton.asked.count("2") == 3
+        # What the canary analysis reads (GET /v1/internal/shadow-stats) says the same.
+        run = service.shadow.stats.snapshot()["versions"]["2"]
+        assert (run["compared"], run["shed"], run["errors"]) == (
+            3, {"queue_full": 2, "busy": 0}, 0)
+        assert run["matched"] == sample(service, "visionguard_gateway_shadow_boxes_total",
+                                        version="2", kind="matched")
     finally:
         await service.shadow.close()
 
@@ -132,6 +172,8 @@ async def test_a_busy_gateway_sheds_mirrors_and_a_failing_shadow_is_counted():
         assert (await missing.detect(Upload(png(40, 50)), DetectOptions())).model_version == "1"
         await settle(lambda: sample(missing, "visionguard_gateway_shadow_errors_total",
                                     version="3") == 1, "the shadow's error")
+        assert busy.shadow.stats.snapshot()["versions"]["2"]["shed"]["busy"] == 1
+        assert missing.shadow.stats.snapshot()["versions"]["3"]["errors"] == 1
     finally:
         await busy.shadow.close()
         await missing.shadow.close()
@@ -219,9 +261,30 @@ def shadowed(stack, trained_checkpoint, tmp_path_factory):
         registry.delete_alias("champion")
 
 
+def shadow_panels_now(prometheus: str, version: str) -> dict[str, float]:
+    """The gateway dashboard's shadow panels as Grafana would draw them now, from a real
+    Prometheus scraping the stack: legend (for `version`) -> value."""
+    from tests.test_grafana import GRAFANA, query
+
+    dashboard = json.loads((GRAFANA / "dashboards" / "gateway.json").read_text())
+    out = {}
+    for panel in dashboard["panels"]:
+        if not panel["title"].startswith("Shadow"):
+            continue
+        for target in panel["targets"]:
+            for r in query(prometheus, target["expr"].replace("$__rate_interval", "1m")):
+                if r["metric"].get("version") == version:
+                    legend = target["legendFormat"].replace("{{version}}", version).replace(
+                        "{{reason}}", r["metric"].get("reason", ""))
+                    out[legend] = float(r["value"][1])
+    return out
+
+
 def test_shadow_compares_in_the_background_and_stop_unloads(shadowed, stack, bus_jpg,
-                                                             shapes_images, tmp_path):
+                                                             shapes_images, tmp_path, request):
     settings, promoter, champion, same, trained, tokens = shadowed
+    # Scraping before the shadow's traffic, to draw the dashboard's shadow panels (below).
+    prometheus = request.getfixturevalue("prometheus") if shutil.which("prometheus") else None
     images = [bus_jpg] + [p.read_bytes() for p in shapes_images[:5]]
     release = {"authorization": f"Bearer {tokens['release']}"}
 
@@ -242,6 +305,21 @@ def test_shadow_compares_in_the_background_and_stop_unloads(shadowed, stack, bus
         "visionguard_gateway_shadow_score_delta_count"]
     assert deltas < 0.01, m
     assert m.get("visionguard_gateway_shadow_errors_total", 0) == 0
+    # The gateway dashboard's shadow row reads series the gateway now exports.
+    from tests.test_grafana import GRAFANA, metric_names, sample_names
+
+    dashboard = json.loads((GRAFANA / "dashboards" / "gateway.json").read_text())
+    shadow_panels = [p for p in dashboard["panels"] if p["title"].startswith("Shadow")]
+    queried = {n for p in shadow_panels for t in p["targets"] for n in metric_names(t["expr"])}
+    assert len(shadow_panels) == 3 and queried, dashboard["panels"]
+    assert queried <= sample_names(f"{stack.gateway_url}/metrics"), queried
+    # ...and draw the comparisons once a real Prometheus has scraped them twice
+    # (test_grafana.py checks the other panels; prometheus is a Debian package of the stack).
+    if prometheus is not None:
+        panels = wait_for(lambda: (p := shadow_panels_now(prometheus, same)).get(
+            f"compared v{same}", 0) > 0 and f"matched boxes v{same}" in p and p, "the panels")
+        assert panels[f"matched boxes v{same}"] >= 0.95, panels
+        assert panels[f"mean v{same}"] < 0.01 and panels[f"failed v{same}"] == 0, panels
     # The shadow cannot be the canary's challenger too (its abort would unload the shadow).
     from control_plane.releases.promoter import PromotionError
 
@@ -257,7 +335,7 @@ def test_shadow_compares_in_the_background_and_stop_unloads(shadowed, stack, bus
         async def burst() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=small, timeout=60) as client:
                 return await asyncio.gather(*[
-                    client.post("/v1/detect", content=bus_jpg,
+                    client.post("/v1/detect", content=bus_jpg, params={"conf": 0.0001},
                                 headers={"content-type": "image/jpeg"}) for _ in range(16)])
 
         responses = asyncio.run(burst())
@@ -265,8 +343,28 @@ def test_shadow_compares_in_the_background_and_stop_unloads(shadowed, stack, bus
         assert {r.json()["model"]["version"] for r in responses} == {champion}
         shed = wait_for(lambda: shadow_metrics(small, same).get(
             "visionguard_gateway_shadow_shed_total[queue_full]", 0), "shed mirrors")
-        compared = shadow_metrics(small, same).get("visionguard_gateway_shadow_compared_total", 0)
-        assert shed >= 1 and compared >= 1 and shed + compared <= 16
+        settled = wait_for(lambda: (m2 := shadow_metrics(small, same))[
+            "visionguard_gateway_shadow_compared_total"] + m2[
+            "visionguard_gateway_shadow_shed_total[queue_full]"] == 16 and m2,
+            "every mirror compared or shed")
+        compared = settled["visionguard_gateway_shadow_compared_total"]
+        shed = settled["visionguard_gateway_shadow_shed_total[queue_full]"]
+        assert shed >= 1 and compared >= 1 and settled[
+            "visionguard_gateway_shadow_errors_total"] == 0
+        # What the automated canary analysis of `same` would read from this gateway when its
+        # canary starts: the run so far (from the audit log's `shadow` entry), summed.
+        from control_plane.releases.audit import AuditLog
+        from control_plane.releases.canary_analysis import (Thresholds, judge_shadow,
+                                                            read_shadow_run)
+
+        run = read_shadow_run(replace(settings, canary_gateways=small),
+                              AuditLog(settings.audit_file), same)
+        assert (run["champion"], run["until"], run["gateways"]) == (champion, None, 1), run
+        assert (run["compared"], run["shed_by_reason"]["queue_full"]) == (compared, shed), run
+        assert run["matched_fraction"] >= 0.95, run
+        verdict = judge_shadow(run, same, champion, replace(
+            Thresholds.from_settings(settings), min_shadow_compared=1))
+        assert verdict.passed and verdict.statistic == run["matched_fraction"], verdict
 
     # Stop: no more mirrors, and the version leaves Triton.
     stopped = promoter.stop_shadow().as_dict()

@@ -319,6 +319,15 @@ async def version_stats(service: DetectionService,
     return service.version_stats.snapshot(since)
 
 
+@get("/v1/internal/shadow-stats", guards=[require_internal_token],
+     summary="Per shadow version, the comparisons' sums from `since` to `until` (Unix s; "
+             "default now), for the control plane's canary analysis (internal)")
+async def shadow_stats(service: DetectionService,
+                       since: Annotated[float, Parameter(ge=0)] = 0.0,
+                       until: Annotated[float | None, Parameter(ge=0)] = None) -> dict:
+    return service.shadow.stats.snapshot(since, until)
+
+
 def _error_response(request: Request, status: int, body: dict,
                     headers: dict | None = None) -> Response:
     request.app.state.recorder.error(body["error"]["code"], body["error"].get("message"))
@@ -416,7 +425,8 @@ def create_app(settings: GatewaySettings | None = None) -> Litestar:
 
     app = Litestar(
         route_handlers=[detect, stream_frame, delete_stream, put_zones, get_zones, delete_zones,
-                        healthz, readyz, metrics, version_stats, demo_router()],
+                        healthz, readyz, metrics, version_stats, shadow_stats,
+                        demo_router()],
         dependencies={"service": Provide(provide_service, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers={

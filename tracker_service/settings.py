@@ -132,6 +132,10 @@ class GatewaySettings:
     shadow_concurrency: int = env("VG_GATEWAY_SHADOW_CONCURRENCY", 1)
     shadow_busy_pending: int = env("VG_GATEWAY_SHADOW_BUSY_PENDING", 3)
     shadow_match_iou: float = env("VG_GATEWAY_SHADOW_MATCH_IOU", 0.5)
+    # Comparisons and dropped mirrors kept per shadow version (each ring; versions kept:
+    # version_stats_max_versions) for GET /v1/internal/shadow-stats, which the control plane's
+    # automated canary analysis reads for the shadow run before a canary (its agreement).
+    shadow_stats_max_records: int = env("VG_GATEWAY_SHADOW_STATS_MAX_RECORDS", 20_000)
     # Per-version samples for the control plane's automated canary analysis
     # (tracker_service/version_stats.py): ring sizes per version (requests, scores, tracked
     # frames), versions kept, and the fragment rule (a new id within `fragment_gap_frames`

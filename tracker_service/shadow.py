@@ -17,12 +17,25 @@ The two answers are compared as sets of boxes: a one-to-one assignment that maxi
 missing), pairs under `shadow_match_iou` left unmatched; then class agreement and |score delta|
 of the matched pairs. Prometheus gets the counts and the agreement so far, per shadow version
 (metrics.ShadowMetrics).
+
+The control plane needs the agreement of one shadow run, not of the gateway's life (a version
+may be shadowed twice, against different champions): `ShadowStats` keeps, per shadow version,
+bounded rings of time-stamped comparisons and of dropped mirrors (shed or failed), and answers
+their sums over a time range at `GET /v1/internal/shadow-stats?since=T&until=U` (app.py), which
+the automated canary analysis reads from every gateway for the run that preceded a canary
+(control_plane/releases/canary_analysis.py). Sums, not rates, so the control plane can add up
+several gateways before it divides.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import os
+import socket
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,7 +52,7 @@ from tracker_service.triton_client import DetectorClient
 
 log = logging.getLogger("visionguard.shadow")
 
-QUEUE_FULL, BUSY = "queue_full", "busy"
+QUEUE_FULL, BUSY, ERROR = "queue_full", "busy", "error"
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,67 @@ class AgreementTotals:
         return box_rate, class_rate
 
 
+@dataclass
+class _ShadowRun:
+    compared: deque  # (t, champion boxes, shadow boxes, matched, class agreed, sum |delta|)
+    dropped: deque  # (t, reason): queue_full, busy (shed) or error (the shadow call failed)
+
+
+class ShadowStats:
+    """Per shadow version, the comparisons and dropped mirrors of the last `max_records` each,
+    for the `max_versions` most recently mirrored versions; summed over a time range on
+    request (a shadow run)."""
+
+    def __init__(self, max_versions: int = 8, max_records: int = 20_000,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.max_versions, self.max_records, self.clock = max_versions, max_records, clock
+        self.gateway_id = f"{socket.gethostname()}:{os.getpid()}"
+        self._versions: OrderedDict[str, _ShadowRun] = OrderedDict()
+
+    def compared(self, version: str, a: Agreement) -> None:
+        self._run(version).compared.append((self.clock(), a.champion_boxes, a.shadow_boxes,
+                                            a.matched, a.class_agreed,
+                                            float(np.sum(a.score_deltas))))
+
+    def dropped(self, version: str, reason: str) -> None:
+        self._run(version).dropped.append((self.clock(), reason))
+
+    def _run(self, version: str) -> _ShadowRun:
+        run = self._versions.get(version)
+        if run is None:
+            run = self._versions[version] = _ShadowRun(deque(maxlen=self.max_records),
+                                                       deque(maxlen=self.max_records))
+            while len(self._versions) > self.max_versions:
+                self._versions.popitem(last=False)
+        else:
+            self._versions.move_to_end(version)
+        return run
+
+    def snapshot(self, since: float = 0.0, until: float | None = None) -> dict:
+        """Each version's sums over the records from `since` to `until` (Unix seconds; None:
+        now); `from_t`: each ring's oldest kept record (a run that started before it was only
+        partly kept)."""
+        end = math.inf if until is None else until
+        versions = {}
+        for version, run in self._versions.items():
+            rows = [r for r in run.compared if since <= r[0] <= end]
+            sums = np.sum([r[1:] for r in rows], axis=0) if rows else np.zeros(5)
+            dropped = {QUEUE_FULL: 0, BUSY: 0, ERROR: 0}
+            for t, reason in run.dropped:
+                if since <= t <= end:
+                    dropped[reason] += 1
+            versions[version] = {
+                "compared": len(rows), "champion_boxes": int(sums[0]),
+                "shadow_boxes": int(sums[1]), "matched": int(sums[2]),
+                "class_agreed": int(sums[3]), "score_delta_sum": round(float(sums[4]), 6),
+                "shed": {QUEUE_FULL: dropped[QUEUE_FULL], BUSY: dropped[BUSY]},
+                "errors": dropped[ERROR],
+                "from_t": {"compared": run.compared[0][0] if run.compared else None,
+                           "dropped": run.dropped[0][0] if run.dropped else None}}
+        return {"gateway": self.gateway_id, "now": self.clock(), "since": since,
+                "until": until, "versions": versions}
+
+
 @dataclass(frozen=True)
 class Mirror:
     detections: Detections  # the champion's answer (with the decoded image)
@@ -108,21 +182,43 @@ class ShadowMirror:
         self._queue: asyncio.Queue[Mirror] = asyncio.Queue(maxsize=max(settings.shadow_queue, 1))
         self._workers: list[asyncio.Task] = []
         self._totals: dict[str, AgreementTotals] = {}
+        self.stats = ShadowStats(settings.version_stats_max_versions,
+                                 settings.shadow_stats_max_records)
+        self._series: set[str] = set()  # shadow versions whose counters exist
 
     def offer(self, detections: Detections, opts: DetectOptions, version: str) -> bool:
         """Queue a mirror of this answer to `version`, or shed it; never waits."""
         if not self._workers:  # started on the first mirror: a gateway without one runs none
             self._workers = [asyncio.create_task(self._work())
                              for _ in range(max(self.settings.shadow_concurrency, 1))]
+        if version not in self._series:
+            self._start_series(version)
         if self.busy() >= self.settings.shadow_busy_pending:  # this request included
-            self.metrics.shed.labels(version, BUSY).inc()
+            self._shed(version, BUSY)
             return False
         try:
             self._queue.put_nowait(Mirror(detections, opts, version))
         except asyncio.QueueFull:
-            self.metrics.shed.labels(version, QUEUE_FULL).inc()
+            self._shed(version, QUEUE_FULL)
             return False
         return True
+
+    def _start_series(self, version: str) -> None:
+        """A new shadow version's counters and histogram at 0, so rates and "no errors" show
+        from its first mirror on (its agreement gauges wait for a first comparison)."""
+        m = self.metrics
+        m.compared.labels(version)
+        m.errors.labels(version)
+        m.score_delta.labels(version)
+        for kind in ("champion", "shadow", "matched", "class_agreed"):
+            m.boxes.labels(version, kind)
+        for reason in (QUEUE_FULL, BUSY):
+            m.shed.labels(version, reason)
+        self._series.add(version)
+
+    def _shed(self, version: str, reason: str) -> None:
+        self.metrics.shed.labels(version, reason).inc()
+        self.stats.dropped(version, reason)
 
     async def close(self) -> None:
         for task in self._workers:
@@ -136,20 +232,24 @@ class ShadowMirror:
             try:
                 # Client load may have risen while it waited: the client's work goes first.
                 if self.busy() >= self.settings.shadow_busy_pending:
-                    self.metrics.shed.labels(mirror.version, BUSY).inc()
+                    self._shed(mirror.version, BUSY)
                     continue
                 await self._mirror(mirror)
             except GatewayError as exc:
-                self.metrics.errors.labels(mirror.version).inc()
+                self._failed(mirror.version)
                 log.warning("shadow call to version %s failed: %s", mirror.version, exc,
                             extra={"event": "shadow_error", "error_code": exc.code,
                                    "model_version": mirror.version})
             except Exception:  # noqa: BLE001 - a shadow failure must never stop the worker
-                self.metrics.errors.labels(mirror.version).inc()
+                self._failed(mirror.version)
                 log.exception("shadow comparison with version %s failed", mirror.version,
                               extra={"event": "shadow_error", "model_version": mirror.version})
             finally:
                 self._queue.task_done()
+
+    def _failed(self, version: str) -> None:
+        self.metrics.errors.labels(version).inc()
+        self.stats.dropped(version, ERROR)
 
     async def _mirror(self, mirror: Mirror) -> None:
         d, opts, version = mirror.detections, mirror.opts, mirror.version
@@ -179,3 +279,4 @@ class ShadowMirror:
         box_rate, class_rate = self._totals.setdefault(version, AgreementTotals()).add(a)
         m.box_agreement.labels(version).set(box_rate)
         m.class_agreement.labels(version).set(class_rate)
+        self.stats.compared(version, a)

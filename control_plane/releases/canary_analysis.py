@@ -20,6 +20,21 @@ shift) and, for streams, fragments per 100 tracked frames (difference). A criter
 samples are under its minimum is skipped, not passed; too few requests for either version
 extends the window once by its length, then aborts with that reason.
 
+The shadow's agreement (issue 15 item 2). The natural flow is `models shadow N` for a while,
+then `models canary N --auto` (a canary of the running shadow is refused: it stops first).
+When the canary starts, the analysis reads the version's last shadow run -- its start, stop and
+champion from the audit log's `shadow` and `shadow_stop` entries -- and every gateway's
+comparison sums over exactly that run (GET /v1/internal/shadow-stats, tracker_service/shadow.py),
+keeps that record with the analysis and judges it as one more criterion (`judge_shadow`): the
+matched-box fraction against VG_CANARY_MIN_SHADOW_AGREEMENT once VG_CANARY_MIN_SHADOW_COMPARED
+requests were compared; with fewer, for a version never shadowed, or one compared with another
+champion than the canary's, it is "not evaluated", which never blocks. Read here rather than
+recorded by `Promoter.stop_shadow`: only the control plane holds the gateways' internal token
+(`models shadow --stop` runs the promoter in the operator's own process, which does not), and
+this is where the numbers are judged. The cost: a gateway restarted since the run, or whose
+bounded rings have moved on, has forgotten it; the record says how many gateways answered and
+how many comparisons they still had.
+
 The analysis runs in a thread of the control-plane process that started it; its state is a JSON
 file under the runtime directory (written atomically), so a restart finds an analysis that was
 running and reports it `interrupted`, leaving the canary as it was (challenger and share
@@ -39,6 +54,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 
 import numpy as np
 
@@ -50,6 +66,7 @@ from control_plane.settings import Settings
 log = logging.getLogger("visionguard.canary")
 
 ACTOR = "canary-analysis"
+MAX_FAILURES_KEPT = 5  # gateways that did not answer, named in a shadow run's record
 ACTIVE = ("starting", "running", "extended", "deciding")
 HISTORY = 20  # analyses kept in the state file, newest last
 TAG = "visionguard.canary."
@@ -81,13 +98,16 @@ class Thresholds:
     ks_p_value: float
     ks_max_statistic: float
     max_fragment_increase: float
+    min_shadow_agreement: float
+    min_shadow_compared: int
 
     @classmethod
     def from_settings(cls, s: Settings) -> Thresholds:
         return cls(s.canary_min_requests, s.canary_min_scores, s.canary_min_tracked_frames,
                    s.canary_max_error_rate_increase, s.canary_max_p95_ratio,
                    s.canary_p95_slack_ms, s.canary_max_detections_change, s.canary_ks_p_value,
-                   s.canary_ks_max_statistic, s.canary_max_fragment_increase)
+                   s.canary_ks_max_statistic, s.canary_max_fragment_increase,
+                   s.canary_min_shadow_agreement, s.canary_min_shadow_compared)
 
 
 @dataclass
@@ -223,6 +243,40 @@ def judge(champion: VersionWindow, challenger: VersionWindow, t: Thresholds) -> 
     return out
 
 
+def judge_shadow(record: dict | None, version: str, champion: str | None,
+                 t: Thresholds) -> Criterion:
+    """The challenger's shadow run (read_shadow_run's record, None when it was never
+    shadowed) as a criterion: the matched-box fraction against its threshold, or not evaluated
+    (passed None) when there is too little of it or it was compared with another champion."""
+    threshold = (f">= {t.min_shadow_agreement:g} matched boxes "
+                 f"(>= {t.min_shadow_compared} compared)")
+    if not record:
+        return Criterion("shadow_agreement", None, None, None, None, threshold,
+                         f"shadow agreement not evaluated: version {version} was not shadowed "
+                         f"before its canary (visionguard models shadow {version})")
+    fraction, compared = record.get("matched_fraction"), int(record.get("compared", 0))
+    extra = {"compared_with_champion": record.get("champion"),
+             **{k: v for k, v in record.items() if k != "champion"}}
+    if record.get("champion") != champion:
+        return Criterion("shadow_agreement", None, None, fraction, None, threshold,
+                         f"shadow agreement not evaluated: the shadow run was compared with "
+                         f"champion {record.get('champion')}, the champion is now {champion}",
+                         extra)
+    if compared < t.min_shadow_compared or fraction is None:
+        return Criterion("shadow_agreement", None, None, fraction, None, threshold,
+                         f"shadow agreement not evaluated: {compared} compared < minimum "
+                         f"{t.min_shadow_compared}" + ("" if fraction is not None else
+                                                       " (or no box on either side)"), extra)
+    passed = fraction >= t.min_shadow_agreement
+    numbers = ", ".join(f"{label} {record[key]:.3f}" for key, label in (
+        ("class_agreement", "class agreement"), ("mean_abs_score_delta", "mean |score delta|"))
+        if record.get(key) is not None)
+    return Criterion("shadow_agreement", passed, None, fraction, fraction, threshold,
+                     f"shadow matched-box fraction {fraction:.3f} over {compared} compared "
+                     f"requests (limit >= {t.min_shadow_agreement:g})"
+                     + (f"; {numbers}" if numbers else ""), extra)
+
+
 def decide(champion: VersionWindow, challenger: VersionWindow, criteria: list[Criterion],
            t: Thresholds, extended: bool) -> tuple[str, str]:
     """(promote | abort | extend, why). Too little traffic is not judged: extend once, then abort."""
@@ -237,7 +291,7 @@ def decide(champion: VersionWindow, challenger: VersionWindow, criteria: list[Cr
         return "abort", "; ".join(c.reason for c in failed)
     skipped = [c.name for c in criteria if c.passed is None]
     return "promote", "every criterion passed" + (
-        f" (skipped for too few samples: {', '.join(skipped)})" if skipped else "")
+        f" (not evaluated: {', '.join(skipped)})" if skipped else "")
 
 
 # --- the gateways ----------------------------------------------------------------------------------
@@ -263,8 +317,22 @@ def gateway_urls(settings: Settings) -> list[str]:
 
 
 def read_gateways(settings: Settings, since: float) -> tuple[list[dict], dict[str, str]]:
-    """Each gateway's per-version samples since `since`, and which gateways did not answer.
-    A gateway reached at two addresses (IPv4 and IPv6 of one name) counts once (its id)."""
+    """Each gateway's per-version samples since `since`, and which gateways did not answer."""
+    return read_internal(settings, "/v1/internal/version-stats", {"since": since})
+
+
+def read_shadow_stats(settings: Settings, since: float, until: float | None
+                      ) -> tuple[list[dict], dict[str, str]]:
+    """Each gateway's shadow comparison sums from `since` to `until` (None: now), and which
+    gateways did not answer."""
+    return read_internal(settings, "/v1/internal/shadow-stats",
+                         {"since": since, **({"until": until} if until is not None else {})})
+
+
+def read_internal(settings: Settings, path: str, params: dict
+                  ) -> tuple[list[dict], dict[str, str]]:
+    """Every gateway's answer to an internal route, and which gateways did not answer. A
+    gateway reached at two addresses (IPv4 and IPv6 of one name) counts once (its id)."""
     import httpx
 
     headers = {"authorization": f"Bearer {settings.gateway_token}"} \
@@ -276,8 +344,7 @@ def read_gateways(settings: Settings, since: float) -> tuple[list[dict], dict[st
         return [], {settings.canary_gateways: f"cannot resolve: {exc}"}
     for url in urls:
         try:
-            r = httpx.get(f"{url}/v1/internal/version-stats", params={"since": since},
-                          headers=headers, timeout=10.0)
+            r = httpx.get(f"{url}{path}", params=params, headers=headers, timeout=10.0)
             r.raise_for_status()
             answer = r.json()
         except (httpx.HTTPError, ValueError) as exc:
@@ -295,6 +362,91 @@ def merge(answers: list[dict], version: str) -> VersionWindow:
         if stats:
             window.add(stats)
     return window
+
+
+# --- the shadow run before the canary ------------------------------------------------------------
+
+@dataclass
+class ShadowRun:
+    """One shadow version's comparisons with the champion, every gateway's sums together
+    (tracker_service/shadow.py ShadowStats.snapshot)."""
+
+    compared: int = 0
+    champion_boxes: int = 0
+    shadow_boxes: int = 0
+    matched: int = 0
+    class_agreed: int = 0
+    score_delta_sum: float = 0.0
+    shed: dict[str, int] = field(default_factory=dict)
+    errors: int = 0
+
+    def add(self, stats: dict) -> None:
+        for name in ("compared", "champion_boxes", "shadow_boxes", "matched", "class_agreed",
+                     "errors"):
+            setattr(self, name, getattr(self, name) + int(stats.get(name, 0)))
+        self.score_delta_sum += float(stats.get("score_delta_sum", 0.0))
+        for reason, n in (stats.get("shed") or {}).items():
+            self.shed[reason] = self.shed.get(reason, 0) + int(n)
+
+    @property
+    def matched_fraction(self) -> float | None:
+        """2 x matched / (champion + shadow boxes), as the gateway's gauge: 1 = the same boxes;
+        requests where neither found anything agree without a box, so they do not count."""
+        boxes = self.champion_boxes + self.shadow_boxes
+        return 2 * self.matched / boxes if boxes else None
+
+    @property
+    def class_agreement(self) -> float | None:
+        return self.class_agreed / self.matched if self.matched else None
+
+    @property
+    def mean_score_delta(self) -> float | None:
+        return self.score_delta_sum / self.matched if self.matched else None
+
+    def summary(self) -> dict:
+        return {"compared": self.compared, "matched_fraction": _round(self.matched_fraction),
+                "class_agreement": _round(self.class_agreement),
+                "mean_abs_score_delta": _round(self.mean_score_delta),
+                "champion_boxes": self.champion_boxes, "shadow_boxes": self.shadow_boxes,
+                "matched": self.matched, "shed": sum(self.shed.values()),
+                "shed_by_reason": dict(self.shed), "errors": self.errors}
+
+
+def shadow_run_window(audit: AuditLog, version: str, lines: int = 100_000) -> dict | None:
+    """The version's last shadow run in the audit log: since (the start of its first `shadow`
+    operation: the entry is written once the operation is done, and gateways may follow the
+    routing before), until (its `shadow_stop`, None while it runs) and the champion it was
+    compared with. A change of share is another `shadow` entry of the same run. None when the
+    version was never shadowed (or the audit log no longer has it)."""
+    run = None
+    for entry in audit.entries(lines):
+        if entry.get("version") != version or entry.get("outcome") != "ok":
+            continue
+        at = datetime.fromisoformat(entry["ts"].replace("Z", "+00:00")).timestamp()
+        if entry["action"] == "shadow" and (run is None or run["until"] is not None):
+            run = {"since": at - float(entry.get("seconds") or 0.0), "until": None,
+                   "champion": entry.get("champion")}
+        elif entry["action"] == "shadow_stop" and run is not None and run["until"] is None:
+            run["until"] = at
+    return run
+
+
+def read_shadow_run(settings: Settings, audit: AuditLog, version: str,
+                    fetch: Callable[[Settings, float, float | None], tuple[list[dict], dict]]
+                    = read_shadow_stats) -> dict | None:
+    """The version's last shadow run (shadow_run_window) with every gateway's comparison sums
+    over it, added up before any fraction is taken; None when it was never shadowed."""
+    run = shadow_run_window(audit, version)
+    if run is None:
+        return None
+    answers, failures = fetch(settings, run["since"], run["until"])
+    total = ShadowRun()
+    for answer in answers:
+        stats = (answer.get("versions") or {}).get(version)
+        if stats:
+            total.add(stats)
+    return {**run, **total.summary(), "gateways": len(answers),
+            "gateway_failures": dict(list(failures.items())[:MAX_FAILURES_KEPT])}
 
 
 # --- the analysis --------------------------------------------------------------------------------
@@ -318,6 +470,8 @@ class CanaryAnalyst:
 
     def __init__(self, settings: Settings, registry: Registry | None = None,
                  fetch: Callable[[Settings, float], tuple[list[dict], dict]] = read_gateways,
+                 shadow_fetch: Callable[[Settings, float, float | None],
+                                        tuple[list[dict], dict]] = read_shadow_stats,
                  promoter_factory: Callable | None = None, clock: Callable[[], float] = time.time
                  ) -> None:
         self.settings = settings
@@ -326,6 +480,7 @@ class CanaryAnalyst:
         self.audit = AuditLog(settings.audit_file)
         self.thresholds = Thresholds.from_settings(settings)
         self.fetch = fetch
+        self.shadow_fetch = shadow_fetch
         self.clock = clock
         self._promoter_factory = promoter_factory
         self._lock = threading.RLock()  # the state file's writers: requests and the loop
@@ -432,17 +587,20 @@ class CanaryAnalyst:
             analysis.update(status="refused", reason=f"the canary did not start: {reason}")
             self._save(analysis)
             raise
+        # The shadow run before this canary, as the gateways still have it (module docstring).
+        shadow = read_shadow_run(self.settings, self.audit, version, self.shadow_fetch)
         now = self.clock()
         routing = self.registry.routing()
         analysis.update(status="running", champion=routing.champion, since=now,
-                        deadline=now + window)
+                        deadline=now + window, shadow=shadow)
         self._save(analysis)
         self.registry.tag_version(version, **{f"{TAG}status": "running",
                                               f"{TAG}analysis": analysis["id"],
                                               f"{TAG}window_s": f"{window:g}"})
         self.audit.record(actor, "canary_analysis", model=self.registry.name, version=version,
                           outcome="started", analysis=analysis["id"], percent=percent,
-                          window_s=window, champion=routing.champion)
+                          window_s=window, champion=routing.champion,
+                          shadow=analysis["shadow"])
         self._thread = threading.Thread(target=self._run, args=(analysis["id"],), daemon=True,
                                         name=f"canary-analysis-{analysis['id']}")
         self._thread.start()
@@ -484,7 +642,8 @@ class CanaryAnalyst:
         if now < analysis["deadline"]:
             self._save(analysis)
             return min(self.settings.canary_poll_s, analysis["deadline"] - now)
-        criteria = judge(base, chal, self.thresholds)
+        criteria = judge(base, chal, self.thresholds) + [
+            judge_shadow(analysis.get("shadow"), version, champion, self.thresholds)]
         decision, reason = decide(base, chal, criteria, self.thresholds, analysis["extended"])
         if failures and not answers:
             reason += f"; no gateway answered: {failures}"
