@@ -49,8 +49,14 @@ def ensure_model(settings: Settings, weights: str | None, console: Console,
 
     model_dir = settings.model_repository / settings.model_name
     if triton_repo.versions(model_dir) and weights is None:
-        console.print(f"serving existing versions {triton_repo.versions(model_dir)} "
-                      f"from {model_dir}")
+        # The version policy's list is what Triton loads; an aborted canary's folder stays on
+        # disk outside it, so the folders alone would name versions that do not serve.
+        config = model_dir / "config.pbtxt"
+        served = triton_repo.served_versions(model_dir) if config.is_file() else None
+        if served is None:  # the policy is `all` (or no config.pbtxt yet)
+            served = triton_repo.versions(model_dir)
+        console.print(f"serving versions {served} from {model_dir} (its config.pbtxt's version "
+                      f"policy)")
         return
     if weights is None:
         # The registry's champion, as its own version number (MLflow N = Triton N); the
