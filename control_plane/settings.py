@@ -116,6 +116,16 @@ class Settings:
     # Raw-output parity between Triton's version and onnxruntime on the registered ONNX, on
     # the golden images: max |diff| <= this x the output's range.
     parity_rtol: float = env("VG_PARITY_RTOL", 0.001)
+    # INT8 variants (`models quantize`, control_plane/releases/quantize.py): the accuracy gate
+    # allows at most this many mAP50-95 points (percent) lost against the FP32 parent, and
+    # smoke parity holds the INT8 output to the parent's FP32 ONNX as gates.int8_difference
+    # measures it: class scores within this, and the boxes FP32 would report within this x
+    # the input's longest side (FP32 runtimes agree to 1e-7).
+    gate_int8_max_map_drop: float = env("VG_GATE_INT8_MAX_MAP_DROP", 1.0)
+    parity_int8_rtol: float = env("VG_PARITY_INT8_RTOL", 0.05)
+    # Calibration images a quantisation uses by default, and the fewest it accepts.
+    quantize_calibration_images: int = env("VG_QUANTIZE_CALIBRATION_IMAGES", 300)
+    quantize_min_calibration_images: int = env("VG_QUANTIZE_MIN_CALIBRATION_IMAGES", 32)
     # After routing changes, how long before a version leaves Triton: gateways poll routing
     # every VG_GATEWAY_ROUTING_POLL_S (1 s), so in-flight requests finish on the old version.
     routing_drain_s: float = env("VG_ROUTING_DRAIN_S", 3.0)

@@ -79,7 +79,7 @@ def _steps(steps: list[dict]) -> None:
     for s in steps:
         detail = {k: v for k, v in s.items() if k not in ("step", "ok", "seconds")}
         table.add_row(s["step"], "yes" if s["ok"] else "[red]no[/]", f"{s['seconds']:.2f}",
-                      json.dumps(detail, default=str)[:160])
+                      json.dumps(detail, default=str, ensure_ascii=False)[:160])
     console.print(table)
 
 
@@ -103,6 +103,37 @@ def register(
     console.print(f"registered {info.name} version {info.version}: mAP50 {_fmt(info.map50)}, "
                   f"mAP50-95 {_fmt(info.map)} on {info.eval_dataset}"
                   + (f" (aliases: {', '.join(info.aliases)})" if info.aliases else ""))
+
+
+@app.command()
+def quantize(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument(help="The FP32 version to quantise.")],
+    calibration_images: Annotated[Optional[int], typer.Option(
+        help="Images of the version's training data to calibrate with; default "
+             "VG_QUANTIZE_CALIBRATION_IMAGES (300).")] = None,
+) -> None:
+    """An INT8 variant of a version (NNCF post-training quantisation to OpenVINO IR, calibrated
+    on the data it was trained on), registered as a new version; promote it like any other."""
+    from control_plane.releases.audit import local_actor
+    from control_plane.releases.quantize import quantize_version
+    from control_plane.releases.registry import Registry
+
+    settings = cli_settings(ctx)
+    with console.status("quantising...") as status:
+        def progress(step: str) -> None:
+            status.update(f"{step}...")
+            console.log(f"step: {step}")
+
+        info = quantize_version(settings, Registry(settings), version, actor=local_actor(),
+                                calibration_images=calibration_images, progress=progress)
+    t = info.tags
+    console.print(f"registered {info.name} version {info.version}: INT8 variant of version "
+                  f"{t['parent_version']}, {t['calibration_images']} calibration images "
+                  f"({t['calibration_kind']} data), mAP50-95 on the served path "
+                  f"{_fmt(t['int8_served_mAP50-95'], 4)} vs "
+                  f"{_fmt(t['parent_served_mAP50-95'], 4)} FP32; promote it with "
+                  f"`visionguard models promote {info.version}`")
 
 
 @app.command("list")
@@ -292,6 +323,9 @@ def _print_analysis(a: dict) -> None:
         verdict = {True: "[green]pass[/]", False: "[red]fail[/]", None: "skipped"}[c["passed"]]
         table.add_row(c["name"], verdict, _fmt(c["champion"]), _fmt(c["challenger"]),
                       _fmt(c["statistic"]), c["threshold"])
+    for c in a.get("criteria", []):  # the tests' statistics and sample sizes (KS p, n, shadow)
+        if c.get("extra"):
+            table.caption = (table.caption or "") + f"{c['name']}: {json.dumps(c['extra'])}\n"
     for side in ("champion", "challenger"):
         numbers = live.get(side)
         if numbers:
@@ -341,5 +375,5 @@ def audit(ctx: typer.Context, limit: Annotated[int, typer.Option(help="Entries t
         detail = {k: v for k, v in e.items()
                   if k not in ("ts", "actor", "action", "model", "version", "outcome", "steps")}
         table.add_row(e["ts"], e["actor"], e["action"], str(e.get("version") or "-"),
-                      e["outcome"], json.dumps(detail, default=str)[:120])
+                      e["outcome"], json.dumps(detail, default=str, ensure_ascii=False)[:120])
     console.print(table)

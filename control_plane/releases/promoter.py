@@ -213,7 +213,8 @@ class Promoter:
                     triton_repo.DetectorConfig(names=names, stride=stride, imgsz=imgsz),
                     self.model))
             triton_repo.write_version(self.model_dir, int(candidate.version), {
-                "model.onnx": onnx_path, "model.py": MODEL_PY, "names.json": names_json})
+                "model.onnx": onnx_path, "model.py": MODEL_PY, "names.json": names_json,
+                **self.registry.serving_files(candidate, Path(tmp))})
         return vdir, True
 
     def _load(self, version: int, served: set[int]) -> dict:

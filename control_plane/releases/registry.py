@@ -184,6 +184,14 @@ class Registry:
             run_id=version.run_id, artifact_path=artifact, dst_path=str(dst),
             tracking_uri=self.store.tracking_uri))
 
+    def serving_files(self, version: VersionInfo, dst: Path) -> dict[str, Path]:
+        """The files a version serves from beside its ONNX, downloaded into `dst`: an INT8
+        variant's OpenVINO IR (tag `serving_files`, control_plane/releases/quantize.py); none
+        for a version that serves its ONNX."""
+        names = [n for n in version.tags.get("serving_files", "").split(",") if n]
+        return {name: self.download(version, f"{training.MODEL_ARTIFACT_DIR}/{name}", dst)
+                for name in names}
+
     def eval_data_yaml(self) -> Path:
         """The dataset new versions are evaluated on: the champion's evaluation data when it is
         on this machine, else the bootstrap data."""

@@ -1,9 +1,9 @@
-"""Registry and release routes: list, show, compare, report, register, promote, canary, shadow,
-rollback.
+"""Registry and release routes: list, show, compare, report, register, quantize, promote,
+canary, shadow, rollback.
 
 Reads need a person's token (viewer, release or sre; a gateway's token reads only the
-routing); changes need the `release` role. Long operations (register, promote, canary) run in
-a worker thread and answer when done, with every step's result.
+routing); changes need the `release` role. Long operations (register, quantize, promote,
+canary) run in a worker thread and answer when done, with every step's result.
 """
 
 from __future__ import annotations
@@ -35,6 +35,12 @@ class RegisterBody(msgspec.Struct, forbid_unknown_fields=True):
     checkpoint: str  # an Ultralytics .pt on the control plane's filesystem
     eval_data: str | None = None  # a YOLO data.yaml; default: the champion's evaluation data
     description: str = ""
+
+
+class QuantizeBody(msgspec.Struct, forbid_unknown_fields=True):
+    # Images of the version's training data to calibrate with; default
+    # VG_QUANTIZE_CALIBRATION_IMAGES, at least VG_QUANTIZE_MIN_CALIBRATION_IMAGES.
+    calibration_images: Annotated[int, msgspec.Meta(gt=0, le=100_000)] | None = None
 
 
 class CanaryBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -131,6 +137,18 @@ async def register(request: Request, data: RegisterBody) -> dict:
     return await to_thread.run_sync(call)
 
 
+@post("/v1/models/{version:str}/quantize", guards=[requires("release")], status_code=201,
+      summary="An INT8 variant of a version (NNCF PTQ, OpenVINO IR), registered as a new version")
+async def quantize(request: Request, version: VersionPath,
+                   data: QuantizeBody | None = None) -> dict:
+    from control_plane.releases.quantize import quantize_version
+
+    count = data.calibration_images if data else None
+    return (await to_thread.run_sync(lambda: quantize_version(
+        request.app.state.settings, _registry(request), version, actor=_actor(request),
+        calibration_images=count))).as_dict()
+
+
 @post("/v1/models/{version:str}/promote", guards=[requires("release")], status_code=200,
       summary="Promote a version to champion (checks and gates first)")
 async def promote(request: Request, version: VersionPath) -> dict:
@@ -207,7 +225,7 @@ async def gateways(request: Request) -> dict:
 
 def router(settings: Settings) -> Router:
     return Router(path="/", route_handlers=[routing, list_versions, compare, show, report,
-                                            register, promote, canary, canary_status,
+                                            register, quantize, promote, canary, canary_status,
                                             canary_analysis, abort, shadow,
                                             stop_shadow, rollback, audit,
                                             gateways])

@@ -47,8 +47,10 @@ def _openvino_available() -> bool:
 
 
 def _openvino_runner(path: Path, threads: int):
-    """OpenVINO's CPU plugin on the ONNX file: measured ~10-20% faster than onnxruntime on the
-    2-core AMD machines this runs on, same outputs to 1e-7 of the output range."""
+    """OpenVINO's CPU plugin on the ONNX file (or an INT8 variant's IR): measured ~10-20%
+    faster than onnxruntime on the 2-core AMD machines this runs on, same outputs to 1e-7 of
+    the output range. FP32 inference precision keeps an IR's INT8 layers INT8 (VNNI) and the
+    rest FP32, as the ONNX file runs."""
     import openvino as ov
 
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
@@ -85,16 +87,26 @@ class TritonPythonModel:
             return
         version_dir = Path(args["model_repository"]) / args["model_version"]
         threads = int(params.get("intra_op_threads", "0"))
-        if params.get("runtime", "openvino") == "openvino" and _openvino_available():
-            self.run = _openvino_runner(version_dir / "model.onnx", threads)
+        # An INT8 variant (`visionguard models quantize`) carries OpenVINO IR beside its
+        # parent's FP32 ONNX (the parity reference): the IR is what serves, same tensors.
+        model_file = version_dir / "model.xml"
+        if model_file.exists():
+            if not _openvino_available():
+                raise RuntimeError(f"{model_file} is OpenVINO IR and openvino is not installed")
+            self.run = _openvino_runner(model_file, threads)
+            runtime = "openvino"
+        elif params.get("runtime", "openvino") == "openvino" and _openvino_available():
+            model_file = version_dir / "model.onnx"
+            self.run = _openvino_runner(model_file, threads)
             runtime = "openvino"
         else:
-            self.run = _onnxruntime_runner(version_dir / "model.onnx", threads,
+            model_file = version_dir / "model.onnx"
+            self.run = _onnxruntime_runner(model_file, threads,
                                            params.get("allow_spinning", "0"))
             runtime = "onnxruntime"
         # Goes to Triton's log: which runtime serves is never a silent choice.
-        print(f"{args['model_name']} version {args['model_version']}: model.onnx on {runtime}, "
-              f"{threads or 'default'} threads", flush=True)
+        print(f"{args['model_name']} version {args['model_version']}: {model_file.name} on "
+              f"{runtime}, {threads or 'default'} threads", flush=True)
 
     def _optional(self, request, name: str, default, count: int) -> np.ndarray:
         tensor = pb_utils.get_input_tensor_by_name(request, name)
