@@ -83,6 +83,35 @@ def open_retraining_request(settings) -> str:
     return request["id"]
 
 
+def record_canary_analysis(settings, version: str, champion: str) -> dict:
+    """A decided analysis in the control plane's state, as CanaryAnalyst writes one."""
+    from control_plane.releases.canary_analysis import CanaryAnalyst
+
+    now = time.time()
+    side = {"requests": 340, "errors": 0, "error_rate": 0.0, "p95_ms": 275.379,
+            "detections_per_image": 4.3853}
+    analysis = {
+        "id": f"console{int(now * 1000) % 10**5:05d}", "model": settings.model_name,
+        "version": version, "percent": 50.0, "window_s": 600.0, "actor": "console-test",
+        "status": "aborted", "extended": False, "created_at": now - 620, "champion": champion,
+        "since": now - 610, "deadline": now - 10, "decided_at": now,
+        "reason": "detections per image 5.62 vs 4.39 (change +0.28, limit ±0.25)",
+        "live": {"at": now, "champion": side,
+                 "challenger": {**side, "requests": 345, "p95_ms": 275.27,
+                                "detections_per_image": 5.62}},
+        "criteria": [
+            {"name": "error_rate", "passed": True, "champion": 0.0, "challenger": 0.0,
+             "statistic": 0.0, "threshold": "<= +0.01", "reason": "", "extra": {}},
+            {"name": "detections_per_image", "passed": False, "champion": 4.3853,
+             "challenger": 5.62, "statistic": 0.2816, "threshold": "|change| <= 0.25",
+             "reason": "detections per image 5.62 vs 4.39", "extra": {}},
+            {"name": "shadow_agreement", "passed": None, "champion": None, "challenger": None,
+             "statistic": None, "threshold": ">= 0.7 matched boxes",
+             "reason": "shadow agreement not evaluated", "extra": {}}]}
+    CanaryAnalyst(settings)._save(analysis)
+    return analysis
+
+
 @pytest.fixture(scope="module")
 def console(stack) -> Console:
     s = stack.settings
@@ -188,7 +217,28 @@ def test_console_signs_in_shows_releases_decides_and_asks(console, context, tmp_
     compare = dict((r[0], r[1:]) for r in cells(page, "#compare-body tr"))
     assert compare["mAP50"] == ["0.0123", "0.0150", "+0.0027"]
     assert compare["mAP50-95"] == ["0.0051", "0.0062", "+0.0011"]
-    assert page.is_visible("#canary-analysis")
+    # The automated canary analysis: the latest one as the API has it (none yet: said so), then
+    # a decided one recorded as the analyst records it, each criterion's numbers in the table.
+    latest = api.get("/v1/canary/analysis")
+    if latest.status_code == 404:
+        assert page.text_content("#canary-summary").startswith("None has run yet")
+        assert page.is_hidden("#canary-table")
+    recorded = record_canary_analysis(console.settings, console.candidate, console.champion)
+    page.click("#refresh")
+    wait_ready(page)
+    page.wait_for_selector(f"#canary-summary:has-text('{recorded['id']}')")
+    assert api.get("/v1/canary/analysis").json() == recorded
+    summary = page.text_content("#canary-summary")
+    assert summary == (f"{recorded['id']}: version {console.candidate} at 50% against champion "
+                       f"{console.champion}, window 600 s: aborted: {recorded['reason']}")
+    assert page.get_attribute("#canary-summary", "data-status") == "aborted"
+    assert cells(page, "#canary-body tr") == [
+        ["error_rate", "pass", "0.000", "0.000", "0.000", "<= +0.01"],
+        ["detections_per_image", "fail", "4.385", "5.620", "0.282", "|change| <= 0.25"],
+        ["shadow_agreement", "not evaluated", "–", "–", "–", ">= 0.7 matched boxes"]]
+    assert page.text_content("#canary-live") == (
+        "champion: 340 requests, 0 errors, p95 275.4 ms, 4.39 detections per image; "
+        "challenger: 345 requests, 0 errors, p95 275.3 ms, 5.62 detections per image")
 
     # Drift: the window as the API reports it; the seeded champion has no evaluation data to
     # rebuild, so its report is a 409 that the section shows (and the page stays signed in).

@@ -39,6 +39,8 @@ function td(...children) {
   return cell;
 }
 
+// canary_analysis.ACTIVE: states of an analysis that has not decided yet.
+const ACTIVE = ["starting", "running", "extended", "deciding"];
 const fmt = (v, digits = 4) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
 const utc = (seconds) => (seconds ? new Date(seconds * 1000).toISOString()
   .replace("T", " ").replace(/\.\d+Z$/, "") : "–");
@@ -174,6 +176,44 @@ async function loadRouting(versions) {
   table.hidden = false;
 }
 
+// The latest automated canary analysis (`models canary N --auto`): its state or decision, each
+// criterion with its numbers, and the live counts it compared. None yet is a 404, said as such.
+async function loadCanaryAnalysis() {
+  let a;
+  try {
+    a = await getJson("/v1/canary/analysis");
+  } catch (err) {
+    if (!(err instanceof ApiError) || err.status !== 404) throw err;
+    $("canary-summary").textContent = "None has run yet (visionguard models canary N --auto).";
+    $("canary-table").hidden = true;
+    $("canary-live").textContent = "";
+    return;
+  }
+  const reason = a.reason ? `: ${a.reason}` : "";
+  const left = ACTIVE.includes(a.status) && a.deadline
+    ? `; decision due ${utc(a.deadline)} UTC` : "";
+  $("canary-summary").textContent = `${a.id}: version ${a.version} at ${fmt(a.percent, 0)}% `
+    + `against champion ${a.champion || "–"}, window ${fmt(a.window_s, 0)} s`
+    + `${a.extended ? " (extended once)" : ""}: ${a.status}${reason}${left}`;
+  $("canary-summary").dataset.status = a.status;
+  $("canary-a").textContent = `Champion v${a.champion || "–"}`;
+  $("canary-b").textContent = `Challenger v${a.version}`;
+  const verdicts = { true: "pass", false: "fail", null: "not evaluated" };
+  $("canary-body").replaceChildren(...(a.criteria || []).map((c) => {
+    const tr = row([c.name, verdicts[c.passed], fmt(c.champion, 3), fmt(c.challenger, 3),
+      fmt(c.statistic, 3), c.threshold]);
+    tr.title = c.reason || "";
+    tr.className = c.passed === false ? "bad" : "";
+    return tr;
+  }));
+  $("canary-table").hidden = !(a.criteria || []).length;
+  const live = a.live || {};
+  $("canary-live").textContent = ["champion", "challenger"].filter((side) => live[side])
+    .map((side) => `${side}: ${live[side].requests} requests, ${live[side].errors} errors, `
+      + `p95 ${fmt(live[side].p95_ms, 1)} ms, ${fmt(live[side].detections_per_image, 2)} `
+      + "detections per image").join("; ");
+}
+
 async function loadDrift() {
   const s = await getJson("/v1/drift/status");
   $("drift-window").textContent = `${s.window} of ${s.window_size} samples (a check needs `
@@ -283,7 +323,10 @@ async function loadAll() {
     let versions = [];
     await section("versions-error", async () => { versions = await loadVersions(); });
     await Promise.all([
-      section("routing-error", () => loadRouting(versions)),
+      section("routing-error", async () => {
+        await loadRouting(versions);
+        await loadCanaryAnalysis();
+      }),
       section("drift-error", loadDrift),
       section("retraining-error", loadRetraining),
     ]);
