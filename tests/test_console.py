@@ -122,7 +122,8 @@ def console(stack) -> Console:
     onnx = Path(s.model_repository) / s.model_name / "1" / "model.onnx"
     champion = register(s, onnx, CHAMPION_METRICS, champion=True)
     answered = open_retraining_request(s)
-    candidate = register(s, onnx, {**CANDIDATE_METRICS, RETRAINING_TAG: answered},
+    candidate = register(s, onnx, {**CANDIDATE_METRICS, RETRAINING_TAG: answered,
+                                   "status": "rejected", "rejected_step": "gate_accuracy"},
                          champion=False)
     assert answered in retrained_requests(s)
     return Console(f"http://127.0.0.1:{s.control_port}", tokens, champion, candidate, answered,
@@ -207,8 +208,10 @@ def test_console_signs_in_shows_releases_decides_and_asks(console, context, tmp_
     champion = rows[console.champion]
     assert champion[1] == "champion"
     assert champion[2:6] == ["0.0123", "0.0051", EVAL_DATASET, "none recorded"]
-    assert champion[6] == versions[console.champion]["created"].replace("T", " ").rstrip("Z")
+    assert champion[6] == versions[console.champion]["tags"].get("status", "registered")
+    assert champion[7] == versions[console.champion]["created"].replace("T", " ").rstrip("Z")
     assert rows[console.candidate][1:4] == ["–", "0.0150", "0.0062"]
+    assert rows[console.candidate][6] == "rejected at gate_accuracy"
     routing = api.get("/v1/routing").json()
     assert routing["champion"] == console.champion and routing["challenger"] is None
     assert page.text_content("#routing-champion") == f"version {console.champion}"

@@ -116,6 +116,14 @@ async function openReport(path, holder, label) {
 // ---------------------------------------------------------------------------------------------
 // Sections
 
+// What the releases did with a version (the promoter's `status` tag, as `models list` shows
+// it): registered, challenger, champion, rejected at a step, canary_aborted, rolled_back.
+function versionStatus(v) {
+  const tags = v.tags || {};
+  const status = tags.status || "registered";
+  return status === "rejected" && tags.rejected_step ? `rejected at ${tags.rejected_step}` : status;
+}
+
 async function loadVersions() {
   const data = await getJson("/v1/models");
   $("model-name").textContent = data.model ? `(${data.model})` : "";
@@ -131,8 +139,8 @@ async function loadVersions() {
     ).catch((err) => err instanceof SignedOut || showError("versions-error", err)));
     const tr = row([v.version, v.aliases.join(", ") || "–", fmt(v["mAP50"]),
       fmt(v["mAP50-95"]), (v.tags && v.tags.eval_dataset) || "–",
-      gates.join(", ") || "none recorded", v.created.replace("T", " ").replace("Z", ""),
-      td(button, holder)]);
+      gates.join(", ") || "none recorded", versionStatus(v),
+      v.created.replace("T", " ").replace("Z", ""), td(button, holder)]);
     tr.dataset.version = v.version;
     body.append(tr);
   }
