@@ -32,8 +32,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
-import socket
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -49,6 +47,7 @@ from tracker_service.metrics import ShadowMetrics
 from tracker_service.settings import GatewaySettings
 from tracker_service.tracking.association import iou_matrix, linear_assignment
 from tracker_service.triton_client import DetectorClient
+from tracker_service.version_stats import gateway_id, recent
 
 log = logging.getLogger("visionguard.shadow")
 
@@ -115,7 +114,7 @@ class ShadowStats:
     def __init__(self, max_versions: int = 8, max_records: int = 20_000,
                  clock: Callable[[], float] = time.time) -> None:
         self.max_versions, self.max_records, self.clock = max_versions, max_records, clock
-        self.gateway_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.gateway_id = gateway_id()
         self._versions: OrderedDict[str, _ShadowRun] = OrderedDict()
 
     def compared(self, version: str, a: Agreement) -> None:
@@ -127,15 +126,9 @@ class ShadowStats:
         self._run(version).dropped.append((self.clock(), reason))
 
     def _run(self, version: str) -> _ShadowRun:
-        run = self._versions.get(version)
-        if run is None:
-            run = self._versions[version] = _ShadowRun(deque(maxlen=self.max_records),
-                                                       deque(maxlen=self.max_records))
-            while len(self._versions) > self.max_versions:
-                self._versions.popitem(last=False)
-        else:
-            self._versions.move_to_end(version)
-        return run
+        return recent(self._versions, version, self.max_versions,
+                      lambda: _ShadowRun(deque(maxlen=self.max_records),
+                                         deque(maxlen=self.max_records)))
 
     def snapshot(self, since: float = 0.0, until: float | None = None) -> dict:
         """Each version's sums over the records from `since` to `until` (Unix seconds; None:

@@ -35,6 +35,7 @@ import os
 import socket
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,6 +82,24 @@ class _StreamTracks:
     ended: dict[int, tuple[int, np.ndarray]] = field(default_factory=dict)  # id -> (frame, box)
 
 
+
+def gateway_id() -> str:
+    """This gateway process, as the control plane tells gateways' answers apart."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def recent(table: OrderedDict, key, limit: int, make: Callable[[], object]):
+    """`table[key]`, made by `make()` when missing, as the most recently used entry; the least
+    recently used go once the table holds more than `limit`."""
+    value = table.get(key)
+    if value is None:
+        value = table[key] = make()
+        while len(table) > limit:
+            table.popitem(last=False)
+    else:
+        table.move_to_end(key)
+    return value
+
 class VersionStats:
     def __init__(self, *, max_versions: int = 8, max_requests: int = 20_000,
                  max_scores: int = 50_000, max_frames: int = 20_000, max_streams: int = 1000,
@@ -93,7 +112,7 @@ class VersionStats:
         self.iou = fragment_iou
         self.clock = clock
         self.failures = 0  # hook calls that failed (logged; the request went on)
-        self.gateway_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.gateway_id = gateway_id()
         self._versions: OrderedDict[str, _Version] = OrderedDict()
         self._streams: OrderedDict[str, _StreamTracks] = OrderedDict()
 
@@ -139,25 +158,13 @@ class VersionStats:
                       extra={"event": "version_stats_failed"})
 
     def _version(self, version: str) -> _Version:
-        v = self._versions.get(version)
-        if v is None:
-            v = self._versions[version] = _Version(deque(maxlen=self.max_requests),
-                                                   deque(maxlen=self.max_scores),
-                                                   deque(maxlen=self.max_frames))
-            while len(self._versions) > self.max_versions:
-                self._versions.popitem(last=False)
-        else:
-            self._versions.move_to_end(version)
-        return v
+        return recent(self._versions, version, self.max_versions,
+                      lambda: _Version(deque(maxlen=self.max_requests),
+                                       deque(maxlen=self.max_scores),
+                                       deque(maxlen=self.max_frames)))
 
     def _fragments(self, stream_id: str, tracks: np.ndarray) -> int:
-        s = self._streams.get(stream_id)
-        if s is None:
-            s = self._streams[stream_id] = _StreamTracks()
-            while len(self._streams) > self.max_streams:
-                self._streams.popitem(last=False)
-        else:
-            self._streams.move_to_end(stream_id)
+        s = recent(self._streams, stream_id, self.max_streams, _StreamTracks)
         s.frame += 1
         confirmed = tracks[tracks[:, OUT_STATE] == TrackState.CONFIRMED] if len(tracks) else tracks
         now = {int(t[OUT_ID]): np.asarray(t[:4], dtype=np.float64) for t in confirmed}
