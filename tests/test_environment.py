@@ -192,7 +192,8 @@ def test_ensure_environment_installs_the_lock_then_is_a_no_op(tmp_path, monkeypa
     # Then exactly the lock, hash-checked, from pip's indexes; then the project, editable.
     assert sync[:3] == [str(venv / "bin" / "uv"), "pip", "sync"]
     assert sync[-1] == str(LOCK) and "--require-hashes" in sync
-    assert "--compile-bytecode" in sync  # these machines set PYTHONDONTWRITEBYTECODE
+    # Not every module of the lock: the venv's processes cache what they import (see below).
+    assert "--compile-bytecode" not in sync
     assert "--index-url https://mirror.example/simple" in " ".join(sync)
     assert editable[:3] == [str(venv / "bin" / "uv"), "pip", "install"]
     assert editable[-2:] == ["-e", str(ROOT)] and "--no-deps" in editable
@@ -202,6 +203,24 @@ def test_ensure_environment_installs_the_lock_then_is_a_no_op(tmp_path, monkeypa
     commands.clear()
     environment.ensure_environment()
     assert commands == [], "a second run with the same lock must not install anything"
+
+
+def test_the_commands_run_in_the_venv_and_cache_their_bytecode(tmp_path, monkeypatch):
+    venv = tmp_path / ".venv"
+    monkeypatch.setattr(environment, "VENV", venv)
+    monkeypatch.setattr(environment, "install_debian_packages", lambda packages=(): None)
+    monkeypatch.setattr(environment, "ensure_environment", lambda: venv / "bin" / "python")
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    monkeypatch.setenv("PYTHONHOME", "/elsewhere")
+    calls = []
+    monkeypatch.setattr(environment.os, "execve", lambda *args: calls.append(args))
+    environment.reexec_in_venv(["up", "--weights", "bootstrap"])
+    [(path, argv, env)] = calls
+    assert path == str(venv / "bin" / "python")
+    assert argv == [path, "-m", "control_plane", "up", "--weights", "bootstrap"]
+    assert env["VIRTUAL_ENV"] == str(venv) and env["PATH"].startswith(str(venv / "bin"))
+    # The install compiled nothing: each process writes the .pyc of what it imports.
+    assert "PYTHONDONTWRITEBYTECODE" not in env and "PYTHONHOME" not in env
 
 
 def test_the_stamp_follows_the_lock(tmp_path, monkeypatch):

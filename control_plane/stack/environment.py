@@ -213,12 +213,10 @@ def ensure_environment() -> Path:
     uv, options, env = _uv_command(python, resolving=False)
     target = ["--python", str(python)]
     # numpy<2 is pinned in the project: nvidia-pytriton and motmetrics need it.
-    # --compile-bytecode: uv writes no .pyc by default, and where PYTHONDONTWRITEBYTECODE is set
-    # (these machines set it) Python never caches one either, so every process of the stack and
-    # of the tests compiled torch, MLflow, Ultralytics... from source at each import: the suite
-    # took 16 min in a checkout whose venv had .pyc files and about 25 min in a fresh clone.
-    _run([*uv, "sync", *target, "--require-hashes", "--compile-bytecode", *options, str(LOCK)],
-         env=env)
+    # No --compile-bytecode: it compiled all 29,919 modules of the lock (65 s of a fresh
+    # install on 2 cores) where the stack and the tests import about 5,600 of them. Python caches
+    # each one's .pyc at its first import instead, because `reexec_in_venv` lets it write them.
+    _run([*uv, "sync", *target, "--require-hashes", *options, str(LOCK)], env=env)
     _run([*uv, "install", *target, "--no-deps", *options, "-e", str(ROOT)], env=env)
     STAMP.write_text(_stamp_value())
     return python
@@ -241,6 +239,12 @@ def reexec_in_venv(argv: list[str]) -> None:
     env = {**os.environ, "VIRTUAL_ENV": str(VENV),
            "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("PYTHONHOME", None)
+    # These machines set PYTHONDONTWRITEBYTECODE, and uv writes no .pyc by default: then every
+    # process of the stack and of the tests compiled torch, MLflow, Ultralytics... from source
+    # at each import (the suite took about 25 min in a fresh clone against 16 with .pyc files).
+    # The venv is ours, so its processes cache what they import (__pycache__ is git-ignored);
+    # a later process, with or without the variable, reads those caches.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     os.execve(str(python), [str(python), "-m", "control_plane", *argv], env)
 
 
