@@ -21,6 +21,13 @@ loop) + decode + letterbox + slot wait + Triton call + post-processing; Triton c
 conversion. The breakdown uses means (Triton's statistics are means, and means add up);
 latency p50 and throughput are medians of windows.
 
+Where the gateway's own CPU goes (--profile-s, default 8; 0 skips it): after the rounds, py-spy
+(`pip install py-spy`, MIT) samples the reduced-decode gateway during a concurrency-1 window,
+and its stacks are summed by part (JPEG decode, letterbox, Litestar, uvicorn, spans, metrics,
+the request log line, the gRPC client, drift features, ...: the deepest frame that names one
+decides) and by function, in milliseconds per request. Samples where a thread waits (the event
+loop polling, a worker thread idle, the gRPC call in flight) are counted apart, not as work.
+
 "In-process" in the targets is the issue's: the model + NMS on the served runtime, measured in
 the same rounds (p50 for latency, 1000 / mean for throughput). Per-image overhead = gateway c=1
 p50 minus the in-process p50. Targets (issue 17): at 256 px overhead <= 8 ms and c=4 >= 0.75x
@@ -37,6 +44,8 @@ import asyncio
 import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -69,6 +78,32 @@ TRITON_STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
 MODES = ("off", "on")  # VG_GATEWAY_REDUCED_DECODE
 TARGETS = {256: {"overhead_ms": ("<=", 8.0), "c4_vs_in_process": (">=", 0.75)},
            640: {"c4_vs_in_process": (">=", 1.0), "c1_p50_vs_in_process": ("<=", 1.15)}}
+# A sample's part of the gateway: the deepest frame whose file (as py-spy names it: the path
+# below its sys.path entry, so OpenTelemetry's namespace packages lose their prefix) starts
+# with one of these decides.
+PROFILE_PARTS = (
+    ("(tracker_service/decode.py", "JPEG decode (header, EXIF, OpenCV)"),
+    ("(tracker_service/letterbox.py", "letterbox"),
+    ("(tracker_service/drift_features.py", "drift features (sampled requests, worker thread)"),
+    *((key, "spans (OpenTelemetry: create, end; export thread)") for key in (
+        "(trace/", "(sdk/", "(common/_internal/", "(http/trace_exporter/", "(resources/",
+        "(attributes/", "(util/", "(context/", "(propagators/", "(requests/", "(urllib3/")),
+    ("(prometheus_client/", "metrics (Prometheus)"),
+    ("(logging/", "request log line (JSON)"),
+    ("(tritonclient/", "gRPC client (tritonclient, grpc aio)"),
+    ("(grpc/", "gRPC client (tritonclient, grpc aio)"),
+    ("(httpx/", "httpx (routing poll, drift posts)"),
+    ("(httpcore/", "httpx (routing poll, drift posts)"),
+    ("(litestar/", "Litestar (routing, parameters, DI, response)"),
+    ("(msgspec/", "Litestar (routing, parameters, DI, response)"),
+    ("(uvicorn/", "uvicorn (HTTP parsing, send)"),
+    ("(anyio/", "worker-thread hop (anyio)"),
+    ("(tracker_service/", "gateway code (service, pipeline, recorder)"),
+)
+# Leaf frames where a thread waits: the event loop in uvloop's poll (and its own C work, which
+# py-spy cannot tell apart without --native), an idle worker thread, a gRPC call in flight.
+PROFILE_WAITS = ("Runner.run (", "Condition.wait (", "UnaryUnaryCall._invoke (", "Queue.get (",
+                 "Event.wait (", "select (", "sleep (")
 
 
 def served_runner(onnx_path: Path, runtime: str, threads: int):
@@ -177,6 +212,55 @@ def gateway_window(url: str, image: bytes, n: int, args, settings: Settings, int
     into["triton"].append(per_request_ms(before, after))
 
 
+def profile_gateway(pid: int, url: str, image: bytes, seconds: float, rate: int = 250) -> dict:
+    """Sample the gateway process with py-spy during a concurrency-1 window: per part and per
+    function, milliseconds of samples per request (all threads, waits apart)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return {"skipped": "py-spy is not installed (pip install py-spy)"}
+    with tempfile.TemporaryDirectory(prefix="vg-bench-profile-") as tmp:
+        raw = Path(tmp) / "stacks.txt"
+        proc = subprocess.Popen([spy, "record", "--pid", str(pid), "--duration",
+                                 str(int(seconds) + 2), "--rate", str(rate), "--format", "raw",
+                                 "--output", str(raw), "--nonblocking"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(1.0)  # attached before the window starts
+        window = asyncio.run(gateway_level(url, image, 1, seconds, 0.0))
+        _, err = proc.communicate(timeout=seconds + 60)
+        if proc.returncode != 0 or not raw.exists():
+            return {"skipped": f"py-spy failed: {err.decode(errors='replace')[-300:]}"}
+        lines = raw.read_text().splitlines()
+    requests = max(len(window["latencies"]), 1)
+    parts: dict[str, int] = {}
+    functions: dict[str, int] = {}
+    waiting = total = 0
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames, n = stack.split(";"), int(count)
+        total += n
+        if frames[-1].startswith(PROFILE_WAITS):
+            waiting += n
+            continue
+        part = next((name for frame in reversed(frames) for key, name in PROFILE_PARTS
+                     if key in frame), "other (interpreter, asyncio)")
+        parts[part] = parts.get(part, 0) + n
+        leaf = frames[-1].rsplit(":", 1)[0] + ")"  # one entry per function, not per line
+        functions[leaf] = functions.get(leaf, 0) + n
+    ms = 1000 / rate / requests  # one sample's milliseconds, per request
+
+    def ranked(counts: dict[str, int], top: int) -> list[dict]:
+        return [{"name": k, "ms_per_request": v * ms, "share": v / max(total - waiting, 1)}
+                for k, v in sorted(counts.items(), key=lambda kv: -kv[1])[:top]]
+
+    return {"requests": requests, "seconds": seconds, "rate_hz": rate, "samples": total,
+            "p50_ms": median([x * 1000 for x in window["latencies"]]),
+            "waiting_ms_per_request": waiting * ms, "working_ms_per_request": (
+                total - waiting) * ms,
+            "parts": ranked(parts, len(parts)), "functions": ranked(functions, 15)}
+
+
 def measure_size(args, imgsz: int, image: bytes) -> dict:
     from tests.conftest import free_ports
 
@@ -229,6 +313,12 @@ def measure_size(args, imgsz: int, image: bytes) -> dict:
                         for m in order:
                             gateway_window(urls[m], image, n, args, settings, gateway[m][n])
                             progress.advance(task)
+            profile = None
+            if args.profile_s > 0:
+                with console.status(f"profiling the reduced-decode gateway at c=1 ({imgsz} px)"):
+                    pid = next(c.proc.pid for c in supervisor.children
+                               if c.name == "gateway-reduced")
+                    profile = profile_gateway(pid, urls["on"], image, args.profile_s)
     base = inproc["off"]  # the model + NMS, whichever the decode
     in_p50, in_rate = median(base["model+nms"]), 1000 / mean(base["model+nms"])
     result = {"imgsz": imgsz, "input_hw": list(rgb.shape[:2]), "reduction": decoded.reduction,
@@ -237,7 +327,8 @@ def measure_size(args, imgsz: int, image: bytes) -> dict:
                                  "p50_ms": {k: median(v) for k, v in inproc[m].items()}}
                              for m in MODES},
               "gateway": {m: {n: summarise(g, in_p50, in_rate) for n, g in gateway[m].items()}
-                          for m in MODES}}
+                          for m in MODES},
+              "profile": profile}
     off, on = result["gateway"]["off"], result["gateway"]["on"]
     result["on_vs_off"] = {n: {"images_per_s": on[n]["images_per_s"] / off[n]["images_per_s"],
                                "p50": on[n]["p50_ms"] / off[n]["p50_ms"]} for n in args.levels}
@@ -335,6 +426,28 @@ def print_size(result: dict) -> None:
     console.print(table)
 
 
+def print_profile(result: dict) -> None:
+    profile = result["profile"]
+    if not profile:
+        return
+    if "skipped" in profile:
+        console.print(f"profile ({result['imgsz']} px): skipped: {profile['skipped']}")
+        return
+    title = (f"{result['imgsz']} px, reduced decode on, c=1: the gateway process's samples "
+             f"(py-spy, {profile['rate_hz']} Hz, {profile['requests']} requests, p50 "
+             f"{profile['p50_ms']:.2f} ms), ms per request; working "
+             f"{profile['working_ms_per_request']:.2f}, waiting "
+             f"{profile['waiting_ms_per_request']:.2f}")
+    for key, heading in (("parts", "part"), ("functions", "function (self)")):
+        table = Table(title=title if key == "parts" else None)
+        table.add_column(heading)
+        table.add_column("ms / request", justify="right")
+        table.add_column("share of work", justify="right")
+        for row in profile[key]:
+            table.add_row(row["name"], f"{row['ms_per_request']:.3f}", f"{row['share']:.1%}")
+        console.print(table)
+
+
 def print_targets(results: list[dict]) -> None:
     table = Table(title="Issue 17 targets (in-process = the model + NMS on the served runtime)")
     for column in ("size", "metric", "target", "reduced decode off", "reduced decode on"):
@@ -361,6 +474,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--window", type=float, default=3.0, help="seconds per window")
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--profile-s", type=float, default=8.0,
+                        help="seconds of py-spy sampling of the gateway at c=1 (0: none)")
     parser.add_argument("--weights", default="yolov8n.yaml")
     parser.add_argument("--runtime", default="openvino", choices=["openvino", "onnxruntime"])
     parser.add_argument("--threads", type=int, default=2, help="the model's intra-op threads")
@@ -378,6 +493,7 @@ def main() -> None:
     for size in (int(s) for s in args.sizes.split(",")):
         result = measure_size(args, size, image)
         print_size(result)
+        print_profile(result)
         results["sizes"].append(result)
     print_targets(results["sizes"])
     results["load_average_at_end"] = os.getloadavg()

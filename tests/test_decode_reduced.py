@@ -155,3 +155,25 @@ async def test_the_shadows_letterbox_of_a_reduced_image_gives_the_champions_boxe
     rgb, geo = letterbox(d.image, 640, 32, (d.height, d.width), d.reduction)
     shadow = (await triton.infer(rgb, conf=0.25, iou=0.7, max_det=300, version="1")).detections
     np.testing.assert_array_equal(to_original(shadow[:, :4], geo), d.boxes)
+
+
+def test_the_exif_orientation_is_read_only_for_a_reduced_decode(monkeypatch):
+    """A quarter turn keeps the longer side, so only a reduced decode's expected shape needs
+    the orientation; a JPEG decoded in full leaves it to OpenCV and skips Pillow's EXIF parse."""
+    reads = []
+    real = Image.Image.getexif
+    monkeypatch.setattr(Image.Image, "getexif", lambda self: reads.append(1) or real(self))
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rectangles()[..., ::-1]).save(buffer, "JPEG", quality=95, exif=exif)
+    Image.open(io.BytesIO(buffer.getvalue())).load()
+    pillows_own = len(reads)  # Pillow's JPEG plugin reads it itself while opening
+    reads.clear()
+    full = decode_image(buffer.getvalue(), 10**8, 640)  # 1080 < 2 x 640: in full
+    assert (full.width, full.height, full.reduction) == (1080, 810, 1)
+    assert len(reads) <= pillows_own
+    reads.clear()
+    reduced = decode_image(buffer.getvalue(), 10**8, 256)
+    assert (reduced.width, reduced.height, reduced.reduction) == (1080, 810, 4)
+    assert len(reads) == pillows_own + 1

@@ -213,3 +213,36 @@ async def test_requests_over_the_admission_bound_are_refused_without_reading_the
                                    return_exceptions=True)
     assert results[0].model_version == "1" and isinstance(results[1], Overloaded)
     assert (first.reads, second.reads) == (1, 0)
+
+
+@pytest.mark.parametrize("inline, max_pixels, threads", [
+    (0, 10**6, ["worker", "worker"]), (1, 10**6, ["loop", "worker"]),
+    (1, 320 * 240 - 1, ["worker", "worker"])])
+async def test_a_lone_small_image_is_decoded_on_the_event_loop_only_when_the_settings_allow(
+        monkeypatch, inline, max_pixels, threads):
+    """VG_GATEWAY_INLINE_PREPARE_MAX_PENDING: at most that many requests held and an image of
+    at most INLINE_PREPARE_MAX_PIXELS, the decode skips the worker-thread hop; a second request
+    held at once, or a larger image, still decodes in a worker thread, so the loop keeps
+    answering while it runs."""
+    import threading
+
+    import tracker_service.detection as detection
+
+    where: list[str] = []
+    loop_thread = threading.get_ident()
+
+    def decode_image(*args):
+        where.append("loop" if threading.get_ident() == loop_thread else "worker")
+        return real(*args)
+
+    real = detection.decode_image
+    monkeypatch.setattr(detection, "decode_image", decode_image)
+    service, _ = await make_service(FakeTriton("1", delay_s=0.2),
+                                    Routing("detector", "1", None, 0.0),
+                                    inline_prepare_max_pending=inline,
+                                    inline_prepare_max_pixels=max_pixels)
+    first, second = await asyncio.gather(service.detect(Upload(png(100, 100)), DetectOptions()),
+                                         service.detect(Upload(png(50, 60)), DetectOptions()))
+    assert where == threads
+    np.testing.assert_allclose(first.boxes, [[100, 100, 140, 130]], atol=0.5)
+    np.testing.assert_allclose(second.boxes, [[50, 60, 90, 90]], atol=0.5)

@@ -59,18 +59,31 @@ def reduction_for(width: int, height: int, min_side: int) -> int:
     return next((f for f in REDUCED_FLAGS if min_side > 0 and longer >= min_side * f), 1)
 
 
-def decode_image(data: bytes, max_pixels: int, min_side: int = 0) -> Decoded:
-    """Decode JPEG/PNG/WebP bytes into BGR pixels; a JPEG at a reduced scale when its longer
-    side is at least twice `min_side` (0: always in full)."""
+@dataclass(frozen=True)
+class Header:
+    """What the image says about itself before any pixel is decoded (checked: a supported
+    format, at most the allowed pixels)."""
+
+    opened: Image.Image  # Pillow's lazy image: the EXIF is read from it only when needed
+    format: str
+    width: int  # as stored, before the EXIF orientation
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def read_header(data: bytes, max_pixels: int) -> Header:
+    """The format and size from the header alone (a decompression bomb costs a header parse);
+    UndecodableImage, UnsupportedMediaType or PayloadTooLarge when it cannot be decoded here."""
     if not data:
         raise UndecodableImage("empty body: no image bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            header = Image.open(io.BytesIO(data))
-            fmt, (width, height) = header.format, header.size
-            turned = fmt == "JPEG" and header.getexif().get(
-                ExifTags.Base.Orientation, 1) in QUARTER_TURNS
+            opened = Image.open(io.BytesIO(data))
+            fmt, (width, height) = opened.format, opened.size
     except Image.DecompressionBombError:
         raise PayloadTooLarge("image has too many pixels", max_pixels=max_pixels) from None
     except Exception:
@@ -81,16 +94,35 @@ def decode_image(data: bytes, max_pixels: int, min_side: int = 0) -> Decoded:
     if width * height > max_pixels:
         raise PayloadTooLarge(f"image is {width}x{height} = {width * height} pixels",
                               max_pixels=max_pixels)
-    if turned:
-        width, height = height, width
-    reduction = reduction_for(width, height, min_side) if fmt == "JPEG" else 1
+    return Header(opened, fmt, width, height)
+
+
+def decode_image(data: bytes, max_pixels: int, min_side: int = 0,
+                 header: Header | None = None) -> Decoded:
+    """Decode JPEG/PNG/WebP bytes into BGR pixels; a JPEG at a reduced scale when its longer
+    side is at least twice `min_side` (0: always in full). `header`: read_header's, when the
+    caller has read it already."""
+    header = header or read_header(data, max_pixels)
+    width, height = header.width, header.height
+    # The reduction depends on the longer side only, which a quarter turn keeps; the EXIF
+    # orientation (a parse of its own) matters only for a reduced decode's expected shape, so
+    # a JPEG decoded in full leaves it to OpenCV and skips reading it here.
+    reduction = reduction_for(width, height, min_side) if header.format == "JPEG" else 1
+    if reduction > 1:
+        try:
+            orientation = header.opened.getexif().get(ExifTags.Base.Orientation, 1)
+        except Exception:
+            raise UndecodableImage("bytes are not a decodable image") from None
+        if orientation in QUARTER_TURNS:
+            width, height = height, width
     buffer = np.frombuffer(data, np.uint8)
     image = cv2.imdecode(buffer, REDUCED_FLAGS.get(reduction, cv2.IMREAD_COLOR))
     if image is None or image.size == 0:
-        raise UndecodableImage(f"{fmt} data could not be decoded (truncated or corrupt)")
+        raise UndecodableImage(f"{header.format} data could not be decoded (truncated or "
+                               "corrupt)")
     if reduction == 1:
         return Decoded(image, image.shape[1], image.shape[0])
     expected = (-(-height // reduction), -(-width // reduction))
     if image.shape[:2] != expected:  # not the scaled decode the header promised: decode in full
-        return decode_image(data, max_pixels)
+        return decode_image(data, max_pixels, header=header)
     return Decoded(image, width, height, reduction)

@@ -2,7 +2,9 @@
 
 CPU-bound steps (decode, letterbox) run in one worker-thread hop so the event loop keeps accepting
 and answering requests while they run; the gateway then overlaps decoding the next image with
-Triton computing the current one.
+Triton computing the current one. A lone small image (settings.inline_prepare_*) skips the hop:
+with nothing else held there is nothing to overlap, and the hop itself costs (anyio's hand-over,
+two thread wake-ups: bench/serving_overhead.py's profile).
 
 The pipeline only takes the time of each stage (`StageTimes`); the request's recorder
 (recorder.py) turns those into spans and metrics. Which version to ask for, and what to do when it
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from anyio import to_thread
 
-from tracker_service.decode import decode_image
+from tracker_service.decode import Header, decode_image, read_header
 from tracker_service.errors import Overloaded
 from tracker_service.letterbox import letterbox, to_original
 from tracker_service.settings import GatewaySettings
@@ -92,9 +94,10 @@ class Detections:
                                self.classes[:, None].astype(np.float32)], axis=1)
 
 
-def _prepare(data: bytes, max_pixels: int, imgsz: int, stride: int, reduced: bool):
+def _prepare(data: bytes, max_pixels: int, imgsz: int, stride: int, reduced: bool,
+             header: Header | None = None):
     t0 = time.perf_counter()
-    decoded = decode_image(data, max_pixels, imgsz if reduced else 0)
+    decoded = decode_image(data, max_pixels, imgsz if reduced else 0, header)
     t1 = time.perf_counter()
     rgb, geo = letterbox(decoded.image, imgsz, stride, (decoded.height, decoded.width),
                          decoded.reduction)
@@ -136,9 +139,16 @@ class DetectionPipeline:
         start, wall_start = time.perf_counter(), time.time_ns()
         info = await self.client.model_info(opts.version)
         imgsz = min(self.settings.imgsz, info.imgsz)
-        decoded, rgb, geo, t_decode, t_pre, t_prepared = await to_thread.run_sync(
-            _prepare, data, self.settings.max_pixels, imgsz, info.stride,
-            self.settings.reduced_decode)
+        s = self.settings
+        header = None
+        if s.inline_prepare_max_pending and self._pending <= s.inline_prepare_max_pending:
+            header = read_header(data, s.max_pixels)  # a header parse: the size decides
+        args = (data, s.max_pixels, imgsz, info.stride, s.reduced_decode, header)
+        if header is not None and header.pixels <= s.inline_prepare_max_pixels:
+            decoded, rgb, geo, t_decode, t_pre, t_prepared = _prepare(*args)
+        else:
+            decoded, rgb, geo, t_decode, t_pre, t_prepared = await to_thread.run_sync(
+                _prepare, *args)
         t_wait = time.perf_counter()
         async with self._slots:
             t_infer = time.perf_counter()

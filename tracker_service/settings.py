@@ -22,6 +22,15 @@ class GatewaySettings:
     # flooding Triton's queue.
     max_pending: int = env("VG_GATEWAY_MAX_PENDING", 32)
     max_triton_in_flight: int = env("VG_GATEWAY_MAX_TRITON_IN_FLIGHT", 8)
+    # Decode and letterbox on the event loop itself, skipping the worker-thread hop (two
+    # thread wake-ups and anyio's hand-over: the largest cost around a small image after the
+    # decode in bench/serving_overhead.py's profile), while the gateway holds at most this many
+    # client requests (this one included) and the image has at most INLINE_PREPARE_MAX_PIXELS
+    # (header): the loop is then blocked for one small decode (bus.jpg: ~2 ms reduced, ~7 ms
+    # in full) when nothing else is held. Busier, or larger, they run in a worker thread so the
+    # loop keeps answering others. 0: always in a worker thread.
+    inline_prepare_max_pending: int = env("VG_GATEWAY_INLINE_PREPARE_MAX_PENDING", 1)
+    inline_prepare_max_pixels: int = env("VG_GATEWAY_INLINE_PREPARE_MAX_PIXELS", 1_000_000)
     triton_timeout_s: float = env("VG_GATEWAY_TRITON_TIMEOUT_S", 10.0)
     retry_after_s: int = env("VG_GATEWAY_RETRY_AFTER_S", 2)
     # Input size fed to the model (longest side); the letterbox pads to the stride.
