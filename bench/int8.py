@@ -8,10 +8,16 @@ post-training quantisation to OpenVINO IR, calibrated on images letterboxed as s
 served by the same Triton python backend (model.py) behind a gateway of its own; beside them,
 Ultralytics' own OpenVINO INT8 export (`model.export(format="openvino", int8=True, data=...)`)
 run by `predict` behind a minimal FastAPI app (one uvicorn worker, the JPEG decoded with OpenCV,
-`predict` on the event loop: the service a user would write). The three are loaded at
-concurrency 1 and 4 in windows interleaved round after round; throughput is the median over
-windows, ratios the median of the ratios within each round. Random weights make NMS see few
-boxes, as a real model on this image does.
+`predict` on the event loop: the service a user would write). With --baseline (the default)
+both models are also served as model.py served them before static shapes and streams (one
+dynamic-shape model, a whole batch in one request), so the levers' gain reads within one run.
+All are loaded at concurrency 1 and 4 in windows interleaved round after round; throughput is
+the median over windows, ratios the median of the ratios within each round. Random weights
+make NMS see few boxes, as a real model on this image does. For our gateways a second table says
+where a request's time goes: the means of the gateway's own stage timings (`timings_ms`:
+decode, letterbox, waiting for a Triton slot, the Triton call, post-processing) and, within the
+Triton call, Triton's per-model statistics over the same windows (queue, input conversion,
+execute = model + NMS in the python backend, output conversion, mean dynamic batch).
 
 Accuracy (a trained checkpoint, default the bootstrap model `up` trains, on its data's val
 split): FP32 ONNX and the INT8 IR scored by the served path (control_plane/releases/quantize.py's
@@ -49,7 +55,7 @@ from bench.gateway_load import gateway_level  # noqa: E402
 from bench.machine import cpu_model  # noqa: E402
 from control_plane.settings import Settings  # noqa: E402
 
-console = Console()
+console = Console(width=170)  # the breakdown table is wide
 INT8_MODEL = "detector_int8"
 
 
@@ -152,7 +158,7 @@ def speed(args, image: bytes, work: Path) -> dict:
     from tests.conftest import free_ports
 
     data = synthetic_data(work / "data640", 640, args.calibration_images, 32, seed=3)
-    http, grpc, metrics, gw, gw8, control = free_ports(6)
+    http, grpc, metrics, gw, control = free_ports(5)
     settings = replace(Settings(), model_repository=work / "repo", runtime_dir=work / "runtime",
                        triton_http_port=http, triton_grpc_port=grpc,
                        triton_metrics_port=metrics, gateway_port=gw, control_port=control,
@@ -162,44 +168,85 @@ def speed(args, image: bytes, work: Path) -> dict:
         ir = our_int8(exported.onnx_path, data, 640, args.calibration_images, work / "ir")
         cfg = triton_repo.DetectorConfig(names=exported.names, stride=exported.stride,
                                          imgsz=640)
-        model_dir = settings.model_repository / INT8_MODEL
-        triton_repo.write_config(model_dir, triton_repo.cpu_config(cfg, INT8_MODEL))
-        triton_repo.write_version(model_dir, 1, {
-            "model.onnx": exported.onnx_path, "model.py": MODEL_PY,
-            "names.json": exported.version_dir / "names.json", **ir})
+        files = {"model.onnx": exported.onnx_path, "model.py": MODEL_PY,
+                 "names.json": exported.version_dir / "names.json"}
+        # kind: (Triton model, its version's files, its config); `fp32` is export's `detector`.
+        served = {"int8": (INT8_MODEL, {**files, **ir}, cfg)}
+        if args.baseline:  # model.py's one dynamic-shape model, whole batches in one request
+            dynamic = replace(cfg, openvino_static_shapes=0, openvino_streams=1)
+            served["fp32_dynamic"] = ("detector_dynamic", files, dynamic)
+            served["int8_dynamic"] = (f"{INT8_MODEL}_dynamic", {**files, **ir}, dynamic)
+        for name, version_files, model_cfg in served.values():
+            model_dir = settings.model_repository / name
+            triton_repo.write_config(model_dir, triton_repo.cpu_config(model_cfg, name))
+            triton_repo.write_version(model_dir, 1, version_files)
     with console.status("Ultralytics' OpenVINO INT8 export (NNCF) of the same model"):
         peer_dir = ultralytics_int8("yolov8n.yaml", data, 640, work / "peer")
-    windows: dict[str, list[dict]] = {f"{k}_c{n}": [] for k in ("fp32", "int8", "peer")
-                                      for n in args.concurrency}
+    kinds = ("fp32", *served, "peer")
+    windows: dict[str, list[dict]] = {f"{k}_c{n}": [] for k in kinds for n in args.concurrency}
     with Supervisor(settings.runtime_dir / "logs") as supervisor:
         with console.status("starting Triton, the gateways and the peer"):
             tokens = local_tokens(settings)
             start_stack(settings, supervisor, tokens)
             triton = TritonControl(settings)
-            triton.load(INT8_MODEL)
-            ok, reason = triton.wait_ready(INT8_MODEL, 1, 180)
-            if not ok:
-                raise SystemExit(f"{INT8_MODEL} did not load: {reason}")
-            int8_settings = replace(settings, model_name=INT8_MODEL, gateway_port=gw8)
-            env = {**gateway_env(int8_settings, tokens["gateway"], tokens["internal"]),
-                   "VG_GATEWAY_CONTROL_URL": ""}  # standalone: Triton's one version serves
-            child = supervisor.start("gateway-int8", gateway_command(int8_settings), env,
-                                     on_exit=lambda c: release_gateway_regions(settings,
-                                                                               c.proc.pid))
-            wait_http_ok(f"http://{settings.host}:{gw8}/readyz", child.proc, 120, child.name)
-            urls = {"fp32": f"http://{settings.host}:{gw}",
-                    "int8": f"http://{settings.host}:{gw8}",
-                    "peer": start_peer(supervisor, peer_dir, 640)}
+            stats = {"fp32": settings}
+            urls = {"fp32": f"http://{settings.host}:{gw}"}
+            for kind, (name, _, _) in served.items():
+                triton.load(name)
+                ok, reason = triton.wait_ready(name, 1, 180)
+                if not ok:
+                    raise SystemExit(f"{name} did not load: {reason}")
+                (port,) = free_ports(1)
+                model_settings = replace(settings, model_name=name, gateway_port=port)
+                env = {**gateway_env(model_settings, tokens["gateway"], tokens["internal"]),
+                       "VG_GATEWAY_CONTROL_URL": ""}  # standalone: Triton's one version serves
+                child = supervisor.start(
+                    f"gateway-{kind}", gateway_command(model_settings), env,
+                    on_exit=lambda c: release_gateway_regions(settings, c.proc.pid))
+                urls[kind] = f"http://{settings.host}:{port}"
+                wait_http_ok(f"{urls[kind]}/readyz", child.proc, 120, child.name)
+                stats[kind] = model_settings
+            urls["peer"] = start_peer(supervisor, peer_dir, 640)
         with Progress(console=console) as progress:
             task = progress.add_task("measuring", total=args.rounds * len(windows))
             for r in range(args.rounds):
                 order = list(urls) if r % 2 == 0 else list(reversed(urls))
                 for n in args.concurrency:
                     for kind in order:
-                        windows[f"{kind}_c{n}"].append(asyncio.run(gateway_level(
-                            urls[kind], image, n, args.window, args.warmup)))
+                        windows[f"{kind}_c{n}"].append(window(
+                            urls[kind], image, n, args, stats.get(kind)))
                         progress.advance(task)
     return windows
+
+
+def window(url: str, image: bytes, n: int, args, settings: Settings | None) -> dict:
+    """One load window; for our gateways (`settings` names the model in Triton) also each
+    response's `timings_ms` and Triton's per-request statistics over the window, so the
+    breakdown shows where a request's time goes (the peer has neither)."""
+    from bench.serving_overhead import per_request_ms, triton_stats
+
+    if settings is None:
+        return asyncio.run(gateway_level(url, image, n, args.window, args.warmup))
+    before = triton_stats(settings)
+    w = asyncio.run(gateway_level(url, image, n, args.window, args.warmup, timings=True))
+    w["triton"] = per_request_ms(before, triton_stats(settings))
+    return w
+
+
+def breakdown(windows: list[dict]) -> dict | None:
+    """Mean milliseconds per request: the gateway's stages (decode, preprocess = letterbox,
+    queue = waiting for a Triton slot, infer = the Triton call, postprocess) and, inside the
+    Triton call, Triton's (queue, compute_input, compute_infer = model + NMS, compute_output,
+    and the mean dynamic batch)."""
+    from bench.serving_overhead import GATEWAY_STAGES, TRITON_STAGES
+
+    if not all("triton" in w for w in windows):
+        return None
+    gateway = {k: float(np.mean([t.get(k, 0.0) for w in windows for t in w["timings_ms"]]))
+               for k in GATEWAY_STAGES}
+    triton = {k: float(np.mean([w["triton"][k] for w in windows]))
+              for k in (*TRITON_STAGES, "batch")}
+    return {"gateway_ms": gateway, "triton_ms": triton}
 
 
 def summarise(windows: list[dict]) -> dict:
@@ -208,7 +255,8 @@ def summarise(windows: list[dict]) -> dict:
             "images_per_s_windows": [round(w["images_per_s"], 2) for w in windows],
             "p50_ms": float(np.percentile(latencies, 50)) if latencies.size else None,
             "p95_ms": float(np.percentile(latencies, 95)) if latencies.size else None,
-            "errors": sum(w["errors"] for w in windows), "requests": int(latencies.size)}
+            "errors": sum(w["errors"] for w in windows), "requests": int(latencies.size),
+            "breakdown": breakdown(windows)}
 
 
 def per_round(a: list[dict], b: list[dict]) -> float | None:
@@ -256,6 +304,26 @@ def accuracy(args, work: Path) -> dict:
                                                       - float(peer.box.map)) * 100}}
 
 
+def breakdown_table(speed_results: dict, concurrency: list[int]) -> Table:
+    table = Table(title="Where a request's time goes (mean ms per request): gateway stages, "
+                        "then Triton's inside the Triton call")
+    for col in ("what", "c", "decode", "letterbox", "slot wait", "Triton call", "post",
+                "gateway total", "T queue", "T input", "T execute (model+NMS)", "T output",
+                "batch"):
+        table.add_column(col, justify="right")
+    for n in concurrency:
+        for kind in ("fp32", "int8", "fp32_dynamic", "int8_dynamic"):
+            b = speed_results.get(f"{kind}_c{n}", {}).get("breakdown")
+            if b is None:
+                continue
+            g, t = b["gateway_ms"], b["triton_ms"]
+            table.add_row(kind, str(n), *(f"{g[k]:.1f}" for k in (
+                "decode", "preprocess", "queue", "infer", "postprocess", "total")),
+                *(f"{t[k]:.1f}" for k in ("queue", "compute_input", "compute_infer",
+                                          "compute_output", "batch")))
+    return table
+
+
 def main() -> None:
     import ultralytics
 
@@ -265,6 +333,9 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=4.0, help="seconds per window")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before a window")
     parser.add_argument("--calibration-images", type=int, default=128)
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                        help="also serve both models as model.py did before static shapes and "
+                             "streams (openvino_static_shapes 0, openvino_streams 1)")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="trained checkpoint for accuracy; default: the bootstrap model")
     parser.add_argument("--data", type=Path, default=None,
@@ -296,6 +367,11 @@ def main() -> None:
     for n in args.concurrency:
         ratios[f"int8_vs_fp32_c{n}"] = per_round(windows[f"int8_c{n}"], windows[f"fp32_c{n}"])
         ratios[f"int8_vs_peer_c{n}"] = per_round(windows[f"int8_c{n}"], windows[f"peer_c{n}"])
+        if args.baseline:
+            ratios[f"int8_dynamic_vs_fp32_dynamic_c{n}"] = per_round(
+                windows[f"int8_dynamic_c{n}"], windows[f"fp32_dynamic_c{n}"])
+            ratios[f"int8_vs_int8_dynamic_c{n}"] = per_round(windows[f"int8_c{n}"],
+                                                             windows[f"int8_dynamic_c{n}"])
     results["ratios"] = ratios
     results["target_int8_vs_fp32_c4"] = 1.8
 
@@ -304,13 +380,18 @@ def main() -> None:
     for col in ("what", "concurrency", "images/s", "p50 ms", "p95 ms", "errors"):
         table.add_column(col, justify="right")
     names = {"fp32": "gateway, FP32 ONNX (OpenVINO)", "int8": "gateway, INT8 IR (ours)",
+             "fp32_dynamic": "  the same FP32, dynamic shapes, one request",
+             "int8_dynamic": "  the same INT8, dynamic shapes, one request",
              "peer": "FastAPI + Ultralytics OpenVINO INT8"}
     for n in args.concurrency:
         for kind, label in names.items():
+            if f"{kind}_c{n}" not in results["speed"]:
+                continue
             s = results["speed"][f"{kind}_c{n}"]
             ms = [f"{s[k]:.1f}" if s[k] is not None else "-" for k in ("p50_ms", "p95_ms")]
             table.add_row(label, str(n), f"{s['images_per_s']:.1f}", *ms, str(s["errors"]))
     console.print(table)
+    console.print(breakdown_table(results["speed"], args.concurrency))
     for name, value in ratios.items():
         console.print(f"{name}: {'-' if value is None else f'{value:.2f}'}")
     console.print(f"INT8 on: {', '.join(isa['openvino_capabilities'])}; avx512_vnni "

@@ -50,6 +50,11 @@ class DetectorConfig:
     # The CPU model's runtime for the ONNX file: "openvino" (falls back to onnxruntime where it
     # is not installed) or "onnxruntime".
     runtime: str = "openvino"
+    # OpenVINO only (model.py's OpenVINORunner): compile per image size with static shapes,
+    # keeping this many compiled models (0: one dynamic-shape model), and run a dynamic batch's
+    # images in parallel on this many streams.
+    openvino_static_shapes: int = 8
+    openvino_streams: int = 2
     batching: BatchingConfig = field(default_factory=BatchingConfig)
 
 
@@ -109,7 +114,9 @@ output [
 {batching_text(b, "KIND_CPU")}
 {_params({**_serving_params(cfg), "runtime": cfg.runtime,
           "intra_op_threads": str(cfg.intra_op_threads),
-          "allow_spinning": "1" if cfg.allow_spinning else "0"})}
+          "allow_spinning": "1" if cfg.allow_spinning else "0",
+          "openvino_static_shapes": str(cfg.openvino_static_shapes),
+          "openvino_streams": str(cfg.openvino_streams)})}
 """
 
 

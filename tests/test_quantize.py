@@ -136,15 +136,23 @@ def test_quantize_registers_an_int8_variant_of_its_parent(own, variant):
                and e["actor"] == "token:test-release" for e in audit)
 
 
-def test_the_variant_is_promoted_through_the_gates_and_serves_the_same_contract(
-        own, variant, bus_jpg):
-    from control_plane.releases.fleet import TritonControl
-    from control_plane.releases.golden import golden_images
+@pytest.fixture(scope="module")
+def promoted(own, variant) -> dict:
+    """The variant promoted through the release gates: Triton then serves it beside its
+    parent."""
     from control_plane.releases.promoter import Promoter
 
+    return Promoter(own.settings, actor="test", registry=own.registry).promote(
+        variant["version"]).as_dict()
+
+
+def test_the_variant_is_promoted_through_the_gates_and_serves_the_same_contract(
+        own, variant, promoted, bus_jpg):
+    from control_plane.releases.fleet import TritonControl
+    from control_plane.releases.golden import golden_images
+
     v2 = variant["version"]
-    result = Promoter(own.settings, actor="test", registry=own.registry).promote(v2).as_dict()
-    steps = {s["step"]: s for s in result["steps"]}
+    steps = {s["step"]: s for s in promoted["steps"]}
     gate = steps["gate_accuracy"]
     assert gate["parent"] == own.parent and gate["max_drop_points"] == 1.0
     assert gate["drop_points"] == pytest.approx(
@@ -178,6 +186,63 @@ def test_the_variant_is_promoted_through_the_gates_and_serves_the_same_contract(
     body = r.json()
     assert body["model"]["version"] == v2
     assert isinstance(body["detections"], list)
+
+
+def test_the_variant_serves_from_static_shapes_compiled_in_the_background(
+        own, variant, promoted, stack):
+    """model.py compiles the IR for each image size Triton delivers in a background thread
+    while the dynamic-shape model serves that size: a lone image on a latency model, a batch's
+    images in parallel on a two-stream one. Once each compile is logged, Triton's answer is the
+    one OpenVINO gives from the IR directly."""
+    import time
+
+    import openvino as ov
+    import tritonclient.http as httpclient
+
+    from control_plane.releases.fleet import TritonControl
+    from control_plane.releases.golden import golden_images
+
+    v2 = variant["version"]
+    server = TritonControl(own.settings).servers[0]
+    _, rgb = golden_images(256, 32)[0]
+    batch = np.ascontiguousarray(np.stack([rgb, rgb[:, ::-1]]))
+    log = stack.settings.runtime_dir / "logs" / "triton.log"
+
+    def infer_batch() -> np.ndarray:
+        images = httpclient.InferInput("images", list(batch.shape), "UINT8")
+        images.set_data_from_numpy(batch)
+        flag = httpclient.InferInput("return_raw", [2, 1], "BOOL")
+        flag.set_data_from_numpy(np.array([[True], [True]]))
+        return server.client.infer(MODEL, [images, flag], model_version=str(v2)).as_numpy("raw")
+
+    def served_once_compiled(mode: str, infer):
+        line = f"model.xml: compiled for 1x{rgb.shape[0]}x{rgb.shape[1]}x3 ({mode})"
+        deadline = time.monotonic() + 90
+        while line not in log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, f"no '{line}' in {log}"
+            infer()  # served meanwhile; the second request of a size starts its compile
+            time.sleep(0.5)
+        return infer()
+
+    lone = served_once_compiled("latency", lambda: server.infer_raw(MODEL, int(v2), rgb)[1])
+    batched = served_once_compiled("2 streams", infer_batch)
+    core = ov.Core()
+    ir = Path(own.settings.model_repository) / MODEL / v2 / "model.xml"
+    direct = core.compile_model(str(ir), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(batch)[0]
+    tolerance = 1e-3 * float(np.abs(direct).max())
+    assert lone.shape == direct[0].shape and batched.shape == direct.shape
+    np.testing.assert_allclose(lone, direct[0], rtol=0, atol=tolerance)
+    # On one thread per stream OpenVINO's kernels round some INT8 activations the other way
+    # (up to ~0.4% of the output range here): the streams' own configuration is the reference,
+    # and the dynamic model's answer stays within 1%.
+    model = core.read_model(str(ir))
+    model.reshape({model.input(0).get_any_name(): [1, *rgb.shape]})
+    streams = core.compile_model(model, "CPU", {
+        "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "2", "INFERENCE_NUM_THREADS": 2,
+        "INFERENCE_PRECISION_HINT": "f32"})
+    expected = np.concatenate([streams(batch[i:i + 1])[0] for i in range(2)])
+    np.testing.assert_allclose(batched, expected, rtol=0, atol=tolerance)
+    np.testing.assert_allclose(batched, direct, rtol=0, atol=10 * tolerance)
 
 
 def test_the_accuracy_gate_rejects_a_variant_that_loses_more_than_allowed(own, variant):
