@@ -128,7 +128,7 @@ def run_up(env: dict[str, str], log: Path, timeout_s: float = 240):
         if "Ctrl-C stops everything" in log.read_text(errors="replace"):
             assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
             break
-        time.sleep(0.5)
+        time.sleep(0.1)
     yield Stack(settings, env, proc, url)
     # Ctrl-C stops Triton, its python-backend stubs, the control plane, the gateway and MLflow:
     # nothing keeps the ports.

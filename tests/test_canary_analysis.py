@@ -510,7 +510,7 @@ def wait_decided(url: str, headers: dict, version: str, timeout_s: float) -> dic
         a = httpx.get(f"{url}/v1/models/{version}/canary", headers=headers, timeout=10).json()
         if a["status"] not in ACTIVE:
             return a
-        time.sleep(1.0)
+        time.sleep(0.25)
     raise AssertionError(f"no decision on version {version} within {timeout_s:.0f} s: {a}")
 
 

@@ -33,6 +33,7 @@ import psutil
 import pytest
 
 from tests.conftest import run_up, settings_from, stack_env
+from tests.test_canary_analysis import register_like
 
 pytestmark = pytest.mark.integration
 
@@ -124,25 +125,37 @@ def faulted(trained_checkpoint, tmp_path_factory):
     from control_plane.datasets.synthetic_data import generate_dataset
 
     root = tmp_path_factory.mktemp("faults")
-    eval_data = generate_dataset(root / "eval", n_train=0, n_val=40, imgsz=256, seed=7)
+    # Nothing here reads the versions' accuracy: a small evaluation set is enough to register.
+    eval_data = generate_dataset(root / "eval", n_train=0, n_val=12, imgsz=256, seed=7)
     env = {**stack_env(root / "repo", root / "runtime", mlflow_ui=True),
            "VG_GATEWAY_ROUTING_POLL_S": "0.5", "VG_ROUTING_DRAIN_S": "1.5",
            "VG_DRIFT_WINDOW": str(DRIFT_WINDOW), "VG_GATEWAY_DRIFT_SAMPLE_RATE": "1",
-           "VG_GATEWAY_DRIFT_FLUSH_S": "1"}
+           "VG_GATEWAY_DRIFT_FLUSH_S": "1",
+           # The first restart's delay (1 s by default) is waited out five times here; the
+           # backoff itself is tested in tests/test_processes.py.
+           "VG_RESTART_BACKOFF_S": "0.2"}
     del env["VG_MODEL_REPOSITORY"]  # the live repository in the runtime directory
     settings = replace(settings_from(env), routing_drain_s=1.5)
     registry = Registry(settings)
-    champion = registry.register(trained_checkpoint, actor="test", eval_data=eval_data).version
-    challenger = registry.register(trained_checkpoint, actor="test", eval_data=eval_data).version
+    registered = registry.register(trained_checkpoint, actor="test", eval_data=eval_data)
+    champion = registered.version
+    # The challenger: the champion's registered ONNX as a version of its own, with its tags
+    # (tests/test_canary_analysis.py's register_like), which saves a second evaluation and
+    # ONNX export of the same checkpoint (7 s of a run on a loaded 2-core machine).
+    challenger = register_like(registry, champion, registry.download(
+        registered, "model/model.onnx", tmp_path_factory.mktemp("challenger")),
+        "faults-challenger")
     with run_up(env, root / "up.log") as stack:
         token = TokenStore(settings.tokens_file).create("test-faults", ["release", "viewer"])
         Promoter(settings, actor="test", registry=registry).canary(challenger, 50)
         faulted = Faulted(settings, stack, registry, {"authorization": f"Bearer {token}"},
                           (champion, challenger))
-        # The control plane caches the routing for a moment: wait until it serves the canary.
-        wait_for(lambda: httpx.get(f"{settings.control_url}/v1/routing",
-                                   headers=faulted.control_headers, timeout=10
-                                   ).json()["challenger"] == challenger, "the canary's routing")
+        # The control plane caches the routing for a moment: wait until it serves the canary,
+        # its share included (a routing naming the challenger at 0% can come first: a run
+        # recorded that as the state to keep, and failed at the end on the 50% it found).
+        wait_for(lambda: (lambda r: (r["challenger"], r["canary_percent"]) == (challenger, 50))(
+            httpx.get(f"{settings.control_url}/v1/routing", headers=faulted.control_headers,
+                      timeout=10).json()), "the canary's routing")
         yield faulted
 
 

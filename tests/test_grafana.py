@@ -269,10 +269,30 @@ def test_prometheus_scrapes_the_stack_and_answers_the_dashboards(stack, promethe
     for _ in range(4):
         traffic(stack, bus_jpg)
         time.sleep(1.0)
-    time.sleep(2.5)
 
     dashboards = {p.stem: json.loads(p.read_text()) for p in DASHBOARDS}
     panels = {(name, p["title"]): p for name, d in dashboards.items() for p in d["panels"]}
+
+    def shown_now(key: tuple[str, str], target: int = 0) -> list:
+        return query(prometheus, panels[key]["targets"][target]["expr"].replace(
+            "$__rate_interval", "1m"))
+
+    def traffic_shown() -> bool:
+        """The rates asserted below have the traffic's samples (Prometheus scrapes every
+        second; this wait replaced a fixed 2.5 s)."""
+        statuses = {(r["metric"]["route"], r["metric"]["status"]) for r in shown_now(
+            ("gateway", "Requests per second by route and status")) if float(r["value"][1]) > 0}
+        zones = shown_now(("gateway", "Zones: entries and exits per second, occupancy"), -1)
+        lines = shown_now(("gateway", "Line crossings per second by direction"), -1)
+        return {("/v1/detect", "200"), ("/v1/detect", "415")} <= statuses and any(
+            float(r["value"][1]) > 0
+            for r in shown_now(("triton", "Successful inferences per second"))) and all(
+            any(r["metric"]["stream"] == ZONES_STREAM for r in result) for result in (zones, lines))
+
+    deadline = time.monotonic() + 30
+    while not traffic_shown():
+        assert time.monotonic() < deadline, "the traffic's rates not shown within 30 s"
+        time.sleep(0.25)
     # Every query of every dashboard is valid PromQL for a real Prometheus.
     shown = []
     for (name, title), panel in panels.items():

@@ -226,6 +226,20 @@ def served_routing(settings, headers) -> dict:
     return httpx.get(f"{settings.control_url}/v1/routing", headers=headers, timeout=10).json()
 
 
+def gateway_follows(settings, headers) -> None:
+    """Until the stack's gateway serves the control plane's routing: the last revision its log
+    names (routing_changed). It polls every second; this replaced fixed 1.5 s sleeps."""
+    revision = served_routing(settings, headers)["revision"]
+    log = settings.runtime_dir / "logs" / "gateway.log"
+
+    def followed() -> bool:
+        changes = [line for line in log.read_text(errors="replace").splitlines()
+                   if '"routing_changed"' in line]
+        return bool(changes) and f'"routing revision {revision}: ' in changes[-1]
+
+    wait_for(followed, f"the gateway to follow routing revision {revision}")
+
+
 @pytest.fixture(scope="module")
 def shadowed(stack, trained_checkpoint, tmp_path_factory):
     """The stack's champion (its served ONNX), the same ONNX as another version, the trained
@@ -300,7 +314,7 @@ def test_shadow_compares_in_the_background_and_stop_unloads(shadowed, stack, bus
     assert result["routing"]["shadow"] == same and result["routing"]["shadow_percent"] == 100
     assert [s["step"] for s in result["steps"]] == ["load"]
     wait_for(lambda: served_routing(settings, release)["shadow"] == same, "the routing")
-    time.sleep(1.5)  # the gateway polls the routing every second
+    gateway_follows(settings, release)
     post_images(stack.gateway_url, images, champion)
     m = wait_for(lambda: (m := shadow_metrics(stack.gateway_url, same)).get(
         "visionguard_gateway_shadow_compared_total", 0) >= len(images) and m,
@@ -386,7 +400,7 @@ def test_shadow_compares_in_the_background_and_stop_unloads(shadowed, stack, bus
     ready = f"{settings.triton_http_url}/v2/models/{settings.model_name}/versions/{same}/ready"
     assert httpx.get(ready, timeout=5).status_code != 200
     wait_for(lambda: served_routing(settings, release)["shadow"] is None, "the routing")
-    time.sleep(1.5)
+    gateway_follows(settings, release)
     before = shadow_metrics(stack.gateway_url, same)["visionguard_gateway_shadow_compared_total"]
     post_images(stack.gateway_url, images[:2], champion)
     assert shadow_metrics(stack.gateway_url, same)[
@@ -398,7 +412,7 @@ def test_shadow_compares_in_the_background_and_stop_unloads(shadowed, stack, bus
                    json={"percent": 50}, timeout=300)
     assert r.status_code == 200, r.text
     wait_for(lambda: served_routing(settings, release)["shadow"] == trained, "the routing")
-    time.sleep(1.5)
+    gateway_follows(settings, release)
     post_images(stack.gateway_url, images * 2, champion)
     t = wait_for(lambda: (t := shadow_metrics(stack.gateway_url, trained)).get(
         "visionguard_gateway_shadow_compared_total", 0) >= 1 and t, "the trained comparisons")

@@ -192,7 +192,7 @@ def trained(tmp_path_factory):
     seen = []
     _network = []
     try:
-        first = train_bootstrap(tmp / "first", epochs=EPOCHS, imgsz=160, n_train=40, n_val=16,
+        first = train_bootstrap(tmp / "first", epochs=EPOCHS, imgsz=160, n_train=24, n_val=8,
                                 seed=0, tracking_uri=uri, progress=seen.append)
         second = train_bootstrap(tmp / "second", epochs=1, imgsz=128, n_train=16, n_val=8,
                                  seed=1, tracking_uri=uri)
@@ -215,7 +215,7 @@ def test_run_has_params_inputs_and_per_epoch_metrics(trained):
     assert run.info.status == "FINISHED"
     p = run.data.params
     assert (p["epochs"], p["imgsz"], p["seed"], p["base"]) == ("2", "160", "0", "yolov8n.yaml")
-    assert (p["n_train"], p["n_val"]) == ("40", "16")
+    assert (p["n_train"], p["n_val"]) == ("24", "8")
     assert p["dataset_hash"] == first.dataset_hash
     assert p["dataset_name"] == synthetic_data.dataset_name(0) == first.dataset_name
     contexts = {i.dataset.name: {t.key: t.value for t in i.tags}["mlflow.data.context"]
