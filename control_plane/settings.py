@@ -381,6 +381,12 @@ class Settings:
     # exist"); 0 of 6 without it, same machine and model. Turn it on to join Triton's spans
     # to the gateway's traces (tests/test_observability.py does).
     triton_trace_rate: int = env("VG_TRITON_TRACE_RATE", 0)
+    # How long a stopping Triton waits for in-flight inferences (its --exit-timeout-secs; its
+    # own default is 30). After a candidate that failed its smoke test was unloaded, Triton 2.48
+    # counted an inference in flight that never ended and waited out the whole timeout at
+    # every stop (the supervisor SIGKILLed it after 15 s); each test stack that rejected a
+    # candidate took 16 s to stop instead of 3.
+    triton_exit_timeout_s: int = env("VG_TRITON_EXIT_TIMEOUT_S", 5)
 
     @property
     def traces_file(self) -> Path:

@@ -65,6 +65,30 @@ def test_stop_ends_the_whole_process_group(tmp_path):
         psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
 
 
+def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_and_logged(tmp_path, caplog):
+    from control_plane.settings import Settings
+    from control_plane.stack import triton_server
+    from control_plane.stack.supervisor import Supervisor
+
+    sup = Supervisor(tmp_path)
+    child = sup.start("stubborn", [sys.executable, "-c",
+                                   "import signal, time; signal.signal(signal.SIGTERM, "
+                                   "signal.SIG_IGN); print('ready', flush=True); time.sleep(600)"])
+    deadline = time.monotonic() + 10
+    while "ready" not in (tmp_path / "stubborn.log").read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    with caplog.at_level("WARNING", logger="visionguard.supervisor"):
+        sup.stop(grace_s=1)
+    assert child.proc.returncode == -signal.SIGKILL and time.monotonic() - t0 < 5
+    [killed] = [r for r in caplog.records if getattr(r, "event", "") == "child_killed"]
+    assert killed.child == "stubborn" and "did not stop within 1 s" in killed.getMessage()
+    # Triton waits this long for inferences in flight, within the supervisor's grace: after a
+    # rejected candidate it counted one that never ended and waited out its default 30 s.
+    settings = Settings(runtime_dir=tmp_path / "runtime")
+    assert "--exit-timeout-secs=5" in triton_server.command(settings)
+
+
 # --- restarts ---------------------------------------------------------------------------------
 
 FAST = dict(backoff_s=0.2, max_backoff_s=1.0, window_s=120.0)

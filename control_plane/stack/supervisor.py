@@ -271,7 +271,9 @@ class Supervisor:
                 try:
                     child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    pass
+                    log.warning("%s did not stop within %g s of SIGTERM; killing it", child.name,
+                                grace_s, extra={"event": "child_killed", "child": child.name,
+                                                "grace_s": grace_s})
                 _signal_group(child.proc, signal.SIGKILL)  # the group may outlive its leader
                 child.proc.wait()
                 if child.on_exit is not None:

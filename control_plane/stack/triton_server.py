@@ -139,6 +139,7 @@ def command(settings: Settings, models: list[str] | None = None,
           if shm_region_prefix else []),
         "--log-info=false",
         "--exit-on-error=false",
+        f"--exit-timeout-secs={settings.triton_exit_timeout_s}",
         "--strict-readiness=false",
     ]
     for model in models if models is not None else [settings.model_name]:
