@@ -176,6 +176,9 @@ class Settings:
     canary_min_shadow_compared: int = env("VG_CANARY_MIN_SHADOW_COMPARED", 50)
     canary_gateways: str = env("VG_CANARY_GATEWAYS", "")
     canary_poll_s: float = env("VG_CANARY_POLL_S", 10.0)
+    # How often `models canary --auto` (without --detach) asks the control plane for the
+    # analysis' state while it follows it.
+    canary_follow_s: float = env("VG_CANARY_FOLLOW_S", 2.0)
 
     # Log RAG (control_plane/logs/). Index folder (index.sqlite: the indexer's offsets and, with
     # the sqlite store, the events and their FTS5 index); empty: <runtime_dir>/log_index.

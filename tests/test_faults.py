@@ -147,12 +147,24 @@ def faulted(trained_checkpoint, tmp_path_factory):
         "faults-challenger")
     with run_up(env, root / "up.log") as stack:
         token = TokenStore(settings.tokens_file).create("test-faults", ["release", "viewer"])
+        # Each registry write of the canary's start leaves a routing gateways may read: none
+        # may name the challenger at a share other than the one asked for.
+        seen = []
+        for write in ("set_alias", "set_canary_percent"):
+            def recorded(*args, _write=getattr(registry, write), **kwargs):
+                _write(*args, **kwargs)
+                routing = registry.routing()
+                seen.append((routing.challenger, routing.canary_percent))
+            setattr(registry, write, recorded)
         Promoter(settings, actor="test", registry=registry).canary(challenger, 50)
+        for write in ("set_alias", "set_canary_percent"):
+            delattr(registry, write)
+        assert seen[-1] == (challenger, 50)
+        assert all(state in ((None, 0.0), (challenger, 50)) for state in seen), seen
         faulted = Faulted(settings, stack, registry, {"authorization": f"Bearer {token}"},
                           (champion, challenger))
         # The control plane caches the routing for a moment: wait until it serves the canary,
-        # its share included (a routing naming the challenger at 0% can come first: a run
-        # recorded that as the state to keep, and failed at the end on the 50% it found).
+        # its share included (the state the test keeps and checks at the end).
         wait_for(lambda: (lambda r: (r["challenger"], r["canary_percent"]) == (challenger, 50))(
             httpx.get(f"{settings.control_url}/v1/routing", headers=faulted.control_headers,
                       timeout=10).json()), "the canary's routing")

@@ -289,7 +289,8 @@ def _api(settings: Settings, method: str, path: str, **kwargs) -> dict:
 
 
 def _follow(settings: Settings, version: str) -> dict:
-    """Poll the analysis until it is over; a line per change of state."""
+    """Poll the analysis every `canary_follow_s` until it is over; a line per change of
+    state."""
     import time
 
     from control_plane.releases.canary_analysis import ACTIVE
@@ -309,7 +310,7 @@ def _follow(settings: Settings, version: str) -> dict:
                          f"left; requests: challenger "
                          f"{live.get('challenger', {}).get('requests', 0)}, champion "
                          f"{live.get('champion', {}).get('requests', 0)}")
-            time.sleep(2.0)
+            time.sleep(settings.canary_follow_s)
 
 
 def _print_analysis(a: dict) -> None:

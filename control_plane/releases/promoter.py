@@ -344,8 +344,11 @@ class Promoter:
                 self.audit.record(self.actor, "canary", model=self.model, version=version,
                                   outcome="started", percent=percent)
                 self._admit(version, steps)
-                self.registry.set_alias(CHALLENGER, version)
+            # The share before the alias: between the two writes a gateway reading the routing
+            # sees the champion alone (a share without a challenger routes nothing), never the
+            # challenger named at the share it had before (0% after an earlier canary).
             self.registry.set_canary_percent(percent)
+            self.registry.set_alias(CHALLENGER, version)
             self.registry.tag_version(version, status="challenger")
             result = self._result("canary", version, steps, t0)
             self.audit.record(self.actor, "canary", model=self.model, version=version,
