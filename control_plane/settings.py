@@ -55,6 +55,8 @@ class Settings:
     bootstrap_epochs: int = env("VG_BOOTSTRAP_EPOCHS", 0)
     bootstrap_train_images: int = env("VG_BOOTSTRAP_TRAIN_IMAGES", 0)
     bootstrap_val_images: int = env("VG_BOOTSTRAP_VAL_IMAGES", 0)
+    # Validate the bootstrap every n-th epoch and the last; 0: training's default (6).
+    bootstrap_val_every: int = env("VG_BOOTSTRAP_VAL_EVERY", 0)
     startup_timeout_s: float = env("VG_STARTUP_TIMEOUT_S", 180.0)
     # `up` restarts a child that exits on its own after restart_backoff_s, doubled per recent
     # restart up to restart_max_backoff_s; the (restart_max + 1)th exit within
@@ -243,7 +245,8 @@ class Settings:
     def __post_init__(self) -> None:
         for variable, value in (("VG_BOOTSTRAP_EPOCHS", self.bootstrap_epochs),
                                 ("VG_BOOTSTRAP_TRAIN_IMAGES", self.bootstrap_train_images),
-                                ("VG_BOOTSTRAP_VAL_IMAGES", self.bootstrap_val_images)):
+                                ("VG_BOOTSTRAP_VAL_IMAGES", self.bootstrap_val_images),
+                                ("VG_BOOTSTRAP_VAL_EVERY", self.bootstrap_val_every)):
             if value < 0:
                 raise ValueError(f"{variable} must be 0 (the default size) or more, not {value}")
         if self.model_repository is None:

@@ -161,6 +161,7 @@ def test_bootstrap_size_is_a_setting_and_a_negative_one_is_refused(tmp_path, mon
 # --- one tiny training, end to end --------------------------------------------------------------
 
 EPOCHS = 2
+VAL_EVERY = 2  # the first bootstrap validates its second epoch only
 _network: list[tuple[str, object]] | None = None
 
 
@@ -193,7 +194,8 @@ def trained(tmp_path_factory):
     _network = []
     try:
         first = train_bootstrap(tmp / "first", epochs=EPOCHS, imgsz=160, n_train=24, n_val=8,
-                                seed=0, tracking_uri=uri, progress=seen.append)
+                                seed=0, tracking_uri=uri, progress=seen.append,
+                                val_every=VAL_EVERY)
         second = train_bootstrap(tmp / "second", epochs=1, imgsz=128, n_train=16, n_val=8,
                                  seed=1, tracking_uri=uri)
         network, _network = _network, None
@@ -221,9 +223,12 @@ def test_run_has_params_inputs_and_per_epoch_metrics(trained):
     contexts = {i.dataset.name: {t.key: t.value for t in i.tags}["mlflow.data.context"]
                 for i in run.inputs.dataset_inputs}
     assert contexts == {first.dataset_name: "training", first.eval_dataset: "evaluation"}
+    assert p["val_every"] == str(VAL_EVERY)
+    validated = [epoch for epoch in range(1, EPOCHS + 1) if epoch % VAL_EVERY == 0]
     for key in ("val/mAP50", "val/mAP50-95", "train/box_loss", "train/cls_loss", "lr/pg0"):
         history = client.get_metric_history(first.run_id, key)
-        assert [m.step for m in history] == list(range(1, EPOCHS + 1)), key
+        epochs = validated if key.startswith("val/") else list(range(1, EPOCHS + 1))
+        assert [m.step for m in history] == epochs, key
         assert all(math.isfinite(m.value) for m in history)
     epochs_reported = [p.epoch for p in seen if p.stage == "train" and p.epoch]
     assert epochs_reported == [1, 2]

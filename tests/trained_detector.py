@@ -23,9 +23,11 @@ def train(out: Path) -> Path:
                              tracking_uri=f"sqlite:///{out / 'mlflow.db'}",
                              train_args={"nbs": 16, "warmup_epochs": 1, "optimizer": "AdamW",
                                          "lr0": 0.003, "close_mosaic": 2},
-                             threads=1)
-    (out / "result.json").write_text(json.dumps({"best_pt": str(result.best_pt),
-                                                 "train_s": result.train_s}))
+                             threads=1, val_every=1)
+    # Whole or absent (written, then renamed): the suite's sessions wait for this file.
+    (out / "result.json.tmp").write_text(json.dumps({"best_pt": str(result.best_pt),
+                                                     "train_s": result.train_s}))
+    (out / "result.json.tmp").replace(out / "result.json")
     return result.best_pt
 
 

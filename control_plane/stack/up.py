@@ -114,7 +114,8 @@ def bootstrap_checkpoint(settings: Settings, console: Console,
 
     size = {arg: value for arg, value in (("epochs", settings.bootstrap_epochs),
                                           ("n_train", settings.bootstrap_train_images),
-                                          ("n_val", settings.bootstrap_val_images)) if value}
+                                          ("n_val", settings.bootstrap_val_images),
+                                          ("val_every", settings.bootstrap_val_every)) if value}
     result = train_bootstrap(settings.bootstrap_dir, tracking_uri=store_for(settings).tracking_uri,
                              registered_name=settings.model_name, progress=on_progress,
                              threads="idle", settings=settings, **size)

@@ -71,6 +71,11 @@ DEFAULT_N_VAL = 150
 DEFAULT_SEED = 0
 DEFAULT_BATCH = 16
 DEFAULT_BASE = "yolov8n.yaml"
+# The bootstrap validates every 6th epoch and the last (6, 12, 18), not each one: at these
+# defaults a validation of the 150 val images cost about 3 s of a 30-34 s epoch, and the
+# pipeline evaluates best.pt once more after training anyway. Training on a team's data keeps
+# a validation per epoch (the curves a release engineer reads).
+DEFAULT_BOOTSTRAP_VAL_EVERY = 6
 # Ultralytics' training arguments we change (`train_args` overrides any of its arguments).
 # Also nbs = batch: no gradient accumulation up to 64 images, so 4x the optimizer steps.
 DEFAULT_TRAIN_ARGS: dict[str, object] = {
@@ -200,6 +205,51 @@ def _without_integrations(base: type) -> type:
     return Offline
 
 
+def _trainer(val_every: int) -> type:
+    """Ultralytics' detection trainer, offline (`_without_integrations`), validating every
+    `val_every`-th epoch and the last (1: every epoch, Ultralytics' `val=True`), and without the
+    validation of best.pt after the last epoch: the pipeline's `evaluate` step scores best.pt
+    itself, so that one would be the same work twice. best.pt and last.pt are still stripped
+    of their optimizer state as Ultralytics does then.
+
+    best.pt is the validated epoch with the best fitness, as with a validation per epoch.
+    """
+    from ultralytics.models.yolo.detect import DetectionTrainer
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    class Trainer(_without_integrations(DetectionTrainer)):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback("on_train_epoch_start", _validate_every(val_every))
+
+        def final_eval(self) -> None:
+            last = strip_optimizer(self.last) if self.last.exists() else {}
+            if self.best.exists():
+                strip_optimizer(self.best, updates={"train_results": last.get("train_results")})
+
+    Trainer.__name__ = Trainer.__qualname__ = "OfflineDetectionTrainer"
+    return Trainer
+
+
+def _validate_every(val_every: int):
+    """An on_train_epoch_start callback: validate this epoch when it is a `val_every`-th one
+    (Ultralytics validates the last epoch whatever `val` says). An epoch that does not validate
+    has no fitness: Ultralytics would keep the last one, and its save_model would then take the
+    unvalidated weights for best.pt (it saves best.pt when the fitness equals the best)."""
+
+    def on_train_epoch_start(trainer) -> None:
+        trainer.args.val = (trainer.epoch + 1) % val_every == 0
+        if not trainer.args.val:
+            trainer.fitness = None
+
+    return on_train_epoch_start
+
+
+def _validated(epoch: int, epochs: int, val_every: int) -> bool:
+    """Whether epoch `epoch` (1-based) of `epochs` ran a validation (see `_trainer`)."""
+    return epoch % val_every == 0 or epoch >= epochs
+
+
 @contextlib.contextmanager
 def _no_font_download() -> Iterator[None]:
     """Ultralytics' dataset check asks for Arial.ttf (for plots we do not draw) and tries to
@@ -245,12 +295,14 @@ class IdleCores:
 
     Measured from /proc/stat (the CPUs this process may run on) minus this process's own CPU
     time (os.times), so our own threads never count as load: once before training (over
-    `sample_s`), then at the start of each epoch over the epoch before, and torch's thread
-    count follows (torch.set_num_threads between epochs). A core counts as idle when at least
-    0.7 of it was. Where /proc/stat cannot be read, every core is taken.
+    `sample_s`), then at the start of each epoch and at the first batch after every `every_s`
+    over the time since the last measure, and torch's thread count follows
+    (torch.set_num_threads between batches). A core counts as idle when at least 0.7 of it
+    was. Where /proc/stat cannot be read, every core is taken.
     """
 
-    def __init__(self, sample_s: float = 1.0) -> None:
+    def __init__(self, sample_s: float = 1.0, every_s: float = 10.0) -> None:
+        self.every_s = every_s
         self.cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
             else list(range(os.cpu_count() or 1))
         self.threads = len(self.cpus)
@@ -307,8 +359,13 @@ class IdleCores:
                 self.threads = threads
                 torch.set_num_threads(threads)
 
+        def on_train_batch_start(trainer) -> None:
+            if self._last is not None and time.monotonic() - self._last[0] >= self.every_s:
+                on_train_epoch_start(trainer)
+
         return {"on_pretrain_routine_start": on_pretrain_routine_start,
-                "on_train_epoch_start": on_train_epoch_start}
+                "on_train_epoch_start": on_train_epoch_start,
+                "on_train_batch_start": on_train_batch_start}
 
 
 def _metric_key(key: str) -> str:
@@ -394,6 +451,7 @@ def train_bootstrap(out_dir: str | Path, *, epochs: int = DEFAULT_EPOCHS,
                     progress: ProgressCallback | None = None,
                     train_args: Mapping[str, object] | None = None,
                     threads: int | Literal["idle"] | None = None,
+                    val_every: int = DEFAULT_BOOTSTRAP_VAL_EVERY,
                     verbose: bool = False, settings: Settings | None = None) -> TrainResult:
     """Import the generated shapes as a dataset version, train, evaluate, export, log to MLflow
     and register; see the module doc.
@@ -401,14 +459,15 @@ def train_bootstrap(out_dir: str | Path, *, epochs: int = DEFAULT_EPOCHS,
     The version goes to `settings.datasets_dir` (`visionguard data list` shows it); without
     `settings`, to `out_dir/datasets`. MLflow: `tracking_uri`, else the settings' store.
     `train_args` override Ultralytics' training arguments (over DEFAULT_TRAIN_ARGS); the ones
-    that keep it offline and on the CPU are fixed. `threads`: torch's CPU threads. None:
+    that keep it offline and on the CPU are fixed. `val_every`: validate every n-th epoch and
+    the last (1: every epoch). `threads`: torch's CPU threads. None:
     Ultralytics' choice, all cores but one (1 on 2 cores). All cores trained 1.6x faster on an
     idle 2-core machine but 2-4x slower than one thread while another process kept a core busy
     (OpenMP threads wait for the busy core); measured again for issue 16 on a 2-core EPYC VM
     while other processes kept about one core busy: the first epoch took 315 and 451 s with 2
     threads against 87 and 100 s with one (a yolov8n training step: 3.5-5.3 s against
     1.1-1.8 s). "idle": the cores other processes leave idle,
-    measured before training and again every epoch (`IdleCores`): all of them on an idle
+    measured before training, at each epoch and every 10 s (`IdleCores`): all of them on an idle
     machine, fewer while something else runs. `visionguard up` trains its bootstrap that way:
     it trains before Triton starts, and the gateway has nothing to serve until it is done, so
     the stack's own processes leave the cores idle; other load on the machine is measured.
@@ -445,6 +504,7 @@ def train_bootstrap(out_dir: str | Path, *, epochs: int = DEFAULT_EPOCHS,
         settings, version, load_yolo(base, seed),  # a .yaml: seeded random weights
         kind="bootstrap", base=base, out=out, epochs=epochs, imgsz=imgsz, batch=batch,
         seed=seed, hyper=hyper, threads=threads, verbose=verbose, report=report,
+        val_every=val_every,
         evaluate=ultralytics_evaluator, registered_name=registered_name, claim_champion=True,
         experiment=EXPERIMENT_NAME, extra={"n_train": n_train, "n_val": n_val},
         t_start=t_start)
@@ -647,13 +707,13 @@ def _train_and_register(settings: Settings, version: DatasetVersion, model, *, k
                         verbose: bool, report: ProgressCallback, evaluate: Evaluator,
                         registered_name: str, claim_champion: bool, experiment: str,
                         extra: Mapping[str, object], t_start: float,
-                        validation=None) -> TrainResult:
-    """One MLflow run: the dataset as its input, Ultralytics' training with per-epoch metrics,
-    the evaluation, the serving ONNX, and a registered version carrying the lineage."""
+                        validation=None, val_every: int = 1) -> TrainResult:
+    """One MLflow run: the dataset as its input, Ultralytics' training with per-epoch metrics
+    (validation metrics on the epochs that validated: every `val_every`-th and the last), the
+    evaluation, the serving ONNX, and a registered version carrying the lineage."""
     import torch
     import ultralytics
     from mlflow.entities import Metric, Param, RunTag
-    from ultralytics.models.yolo.detect import DetectionTrainer
 
     from control_plane.datasets.lineage import mlflow_inputs
     from export.onnx_export import export_onnx
@@ -669,7 +729,7 @@ def _train_and_register(settings: Settings, version: DatasetVersion, model, *, k
               "batch": batch, "dataset": version.ref, "dataset_name": version.name,
               "dataset_hash": version.hash, "eval_dataset": eval_dataset,
               "eval_dataset_hash": eval_hash, "classes": ",".join(version.classes),
-              "device": "cpu", "threads": threads or "all but one",
+              "device": "cpu", "threads": threads or "all but one", "val_every": val_every,
               "ultralytics": ultralytics.__version__, "torch": torch.__version__,
               "python": platform.python_version(), **extra}
     params.update({f"train.{k}": v for k, v in hyper.items()})
@@ -692,10 +752,11 @@ def _train_and_register(settings: Settings, version: DatasetVersion, model, *, k
         elif threads:
             model.add_callback("on_pretrain_routine_start", _torch_threads(threads))
         what = "bootstrap training" if kind == "bootstrap" else f"training on {version.ref}"
-        model.add_callback("on_fit_epoch_end", _epoch_logger(client, run_id, report, cores, what))
+        model.add_callback("on_fit_epoch_end",
+                           _epoch_logger(client, run_id, report, cores, what, val_every))
         t_train = time.monotonic()
         with _no_font_download(), _ultralytics_logging(verbose):
-            model.train(trainer=_without_integrations(DetectionTrainer), **{
+            model.train(trainer=_trainer(val_every), **{
                 **hyper, "data": str(version.data_yaml), "epochs": epochs, "imgsz": imgsz,
                 "batch": batch, "seed": seed, "deterministic": True, "device": "cpu",
                 "workers": 0, "amp": False, "plots": False, "val": True, "project": str(out),
@@ -769,18 +830,21 @@ def _train_and_register(settings: Settings, version: DatasetVersion, model, *, k
 
 
 def _epoch_logger(client, run_id: str, report: ProgressCallback,
-                  cores: IdleCores | None = None, what: str = "bootstrap training"):
-    """An Ultralytics on_fit_epoch_end callback: the epoch's losses, validation metrics and
+                  cores: IdleCores | None = None, what: str = "bootstrap training",
+                  val_every: int = 1):
+    """An Ultralytics on_fit_epoch_end callback: the epoch's losses, validation metrics (on an
+    epoch that validated, see `_trainer`; otherwise Ultralytics still holds the last ones) and
     learning rates to the run, at step = epochs completed (as in results.csv); one log line
     per epoch (a terminal's progress bar is not a log); the progress to `report`."""
     from mlflow.entities import Metric
 
     def on_fit_epoch_end(trainer) -> None:
         epoch = trainer.epoch + 1
-        if epoch > trainer.epochs:  # Ultralytics' last validation of best.pt; we run our own
+        if epoch > trainer.epochs:  # a validation of best.pt after training; we run our own
             return
+        validated = _validated(epoch, trainer.epochs, val_every)
         values = {**trainer.label_loss_items(trainer.tloss, prefix="train"),
-                  **(trainer.metrics or {}), **trainer.lr,
+                  **((trainer.metrics or {}) if validated else {}), **trainer.lr,
                   "time/epoch_s": getattr(trainer, "epoch_time", None) or 0.0}
         values = {_metric_key(k): float(v) for k, v in values.items()
                   if v is not None and math.isfinite(float(v))}
@@ -792,10 +856,11 @@ def _epoch_logger(client, run_id: str, report: ProgressCallback,
         progress = TrainingProgress("train", epoch, trainer.epochs, values,
                                     train_s=time.time() - started if started else 0.0,
                                     threads=cores.threads if cores else torch.get_num_threads())
-        log.info("%s %s: mAP50 %.3f, mAP50-95 %.3f, %.0f s this epoch, %d threads", what,
-                 progress.describe(), values.get("val/mAP50", float("nan")),
-                 values.get("val/mAP50-95", float("nan")), values.get("time/epoch_s", 0.0),
-                 progress.threads, extra={
+        scores = (f"mAP50 {values.get('val/mAP50', math.nan):.3f}, mAP50-95 "
+                  f"{values.get('val/mAP50-95', math.nan):.3f}" if validated
+                  else f"not validated (one epoch in {val_every} is)")
+        log.info("%s %s: %s, %.0f s this epoch, %d threads", what, progress.describe(), scores,
+                 values.get("time/epoch_s", 0.0), progress.threads, extra={
                      "event": "training_epoch", "epoch": epoch, "epochs": trainer.epochs,
                      "mAP50": values.get("val/mAP50"), "mAP50_95": values.get("val/mAP50-95"),
                      "epoch_s": round(values.get("time/epoch_s", 0.0), 2),
