@@ -58,6 +58,9 @@ class Settings:
     # Validate the bootstrap every n-th epoch and the last; 0: training's default (6).
     bootstrap_val_every: int = env("VG_BOOTSTRAP_VAL_EVERY", 0)
     startup_timeout_s: float = env("VG_STARTUP_TIMEOUT_S", 180.0)
+    # `visionguard test`: pytest-xdist worker processes (each takes whole test files);
+    # 0: one per usable core, 1: no workers (one process, as plain pytest).
+    test_workers: int = env("VG_TEST_WORKERS", 0)
     # `up` restarts a child that exits on its own after restart_backoff_s, doubled per recent
     # restart up to restart_max_backoff_s; the (restart_max + 1)th exit within
     # restart_window_s stops the stack (it is not going to get better by itself).
@@ -246,7 +249,8 @@ class Settings:
         for variable, value in (("VG_BOOTSTRAP_EPOCHS", self.bootstrap_epochs),
                                 ("VG_BOOTSTRAP_TRAIN_IMAGES", self.bootstrap_train_images),
                                 ("VG_BOOTSTRAP_VAL_IMAGES", self.bootstrap_val_images),
-                                ("VG_BOOTSTRAP_VAL_EVERY", self.bootstrap_val_every)):
+                                ("VG_BOOTSTRAP_VAL_EVERY", self.bootstrap_val_every),
+                                ("VG_TEST_WORKERS", self.test_workers)):
             if value < 0:
                 raise ValueError(f"{variable} must be 0 (the default size) or more, not {value}")
         if self.model_repository is None:

@@ -192,7 +192,9 @@ def pytest_collection_modifyitems(session, config, items) -> None:
     """The modules with a test that waits for the trained detector run after all the others,
     each still whole and in its own order: the other modules (most of the suite) then cover
     the detector's training in the background, where in file order the first such test
-    waited 139 s for it (CI of stop 21)."""
+    waited 139 s for it (CI of stop 21). pytest-xdist keeps this order with
+    --no-loadscope-reorder (`visionguard test` passes it): by default it sends the files with
+    the most tests first."""
     waits = {item.module.__name__ for item in items
              if "trained_checkpoint" in getattr(item, "fixturenames", ())}
     items.sort(key=lambda item: item.module.__name__ in waits)  # stable: order kept within
@@ -203,24 +205,75 @@ def _needs_training(session) -> bool:
         "trained_checkpoint" in getattr(item, "fixturenames", ()) for item in session.items)
 
 
+def shared_tmp(tmp_path_factory) -> Path:
+    """A directory all of this run's pytest-xdist workers share (the run's own base temporary
+    directory without xdist): what a session would otherwise do once per worker is done once
+    there, under a file lock."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+# Niceness of the test processes while the detector trains at the default 0 (Linux's
+# scheduler weighs nice 5 at about a third of nice 0).
+TESTS_NICE = 5
+
+
+@dataclass
+class Training:
+    out: Path
+    pid: int
+    proc: subprocess.Popen | None  # the process, in the session that started it
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _detector_training(request, tmp_path_factory):
     """Start training the suite's small detector (tests/trained_detector.py) as the session
-    starts, in a process of its own on one core, when a selected test needs it: the tests
-    before the first of those (about four minutes of them) run meanwhile on the other core.
-    Trained inside the first test that needed it, it took 267 s of a 25-minute CI run while
-    the suite used 1.2 cores on average."""
+    starts, in a process of its own that takes the cores the tests leave idle, when a
+    selected test needs it: the tests
+    before the first of those (most of the suite, see pytest_collection_modifyitems) run
+    meanwhile. With pytest-xdist the first worker to get here starts it and the others wait
+    for the same one. Trained inside the first test that needed it, it took 267 s of a
+    25-minute CI run while the suite used 1.2 cores on average."""
     if not _needs_training(request.session):
         yield None
         return
-    out = tmp_path_factory.mktemp("tiny-train")
-    with open(out / "training.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.trained_detector", str(out)],
-                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    yield out, proc
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    from filelock import FileLock
+
+    shared = shared_tmp(tmp_path_factory)
+    out = shared / "tiny-train"
+    with FileLock(str(shared / "tiny-train.lock")):
+        if out.exists():
+            training = Training(out, int((out / "pid").read_text()), None)
+        else:
+            out.mkdir()
+            with open(out / "training.log", "wb") as log:
+                proc = subprocess.Popen([sys.executable, "-m", "tests.trained_detector",
+                                         str(out)], cwd=ROOT, stdout=log,
+                                        stderr=subprocess.STDOUT)
+            (out / "pid").write_text(str(proc.pid))
+            training = Training(out, proc.pid, proc)
+    # The training is the run's critical path (about a third of the suite's modules wait for
+    # it): the test processes, and what they start, yield the CPU to it.
+    os.nice(TESTS_NICE)
+    yield training
+    if training.proc is not None:
+        # Other workers may still wait for it: it ends by itself (or with the run's Ctrl-C).
+        try:
+            training.proc.wait(timeout=1800)
+        except subprocess.TimeoutExpired:
+            training.proc.kill()
+            training.proc.wait()
+
+
+def _training_running(training: Training) -> bool:
+    if training.proc is not None:
+        return training.proc.poll() is None
+    import psutil
+
+    try:
+        return psutil.Process(training.pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 @pytest.fixture(scope="session")
@@ -230,16 +283,17 @@ def trained_checkpoint(_detector_training) -> Path:
     override = os.environ.get("VG_TEST_CHECKPOINT")
     if override:
         return Path(override)
-    out, proc = _detector_training
-    try:
-        code = proc.wait(timeout=1800)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail("the test detector's training took over 30 minutes")
-    if code != 0 or not (out / "result.json").exists():
-        pytest.fail(f"the test detector's training exited {code}:\n"
-                    f"{(out / 'training.log').read_text(errors='replace')[-4000:]}")
-    return Path(json.loads((out / "result.json").read_text())["best_pt"])
+    training: Training = _detector_training
+    result = training.out / "result.json"
+    deadline = time.monotonic() + 1800
+    while not result.exists() and _training_running(training):
+        if time.monotonic() > deadline:
+            pytest.fail("the test detector's training took over 30 minutes")
+        time.sleep(0.5)
+    if not result.exists():  # written last, once training succeeded
+        pytest.fail(f"the test detector's training exited without a result:\n"
+                    f"{(training.out / 'training.log').read_text(errors='replace')[-4000:]}")
+    return Path(json.loads(result.read_text())["best_pt"])
 
 
 @pytest.fixture(scope="session")

@@ -2,12 +2,16 @@
 every dependency pyproject.toml names, at a version inside pyproject's range, pins everything
 with hashes, and is what control_plane/stack/environment.py and the images install from.
 
+`visionguard test` (README command 2's last step) spreads the test files over pytest-xdist
+workers unless its arguments choose.
+
 Static: nothing is installed and nothing is fetched (environment.py's commands are recorded, not
 run). After a dependency change, `python3 -m control_plane.stack.environment lock` mends the lock.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -274,3 +278,34 @@ def test_image_version_args_match_the_lock():
     assert not unknown, f"ARGs neither locked nor known to be outside the lock: {unknown}"
     assert not mismatched, mismatched
 
+
+
+@pytest.mark.parametrize("args, workers, expected", [
+    ([], 0, ["-n", "CORES", "--dist", "loadfile", "--no-loadscope-reorder"]),
+    (["tests/test_nms.py", "-x"], 3, ["-n", "3", "--dist", "loadfile", "--no-loadscope-reorder"]),
+    ([], 1, []),
+    (["-n", "4"], 0, []),
+    (["-n2"], 0, []),
+    (["--numprocesses=auto"], 0, []),
+    (["--dist=load"], 0, []),
+    (["-p", "no:xdist"], 0, []),
+])
+def test_the_test_command_spreads_files_over_workers(args, workers, expected):
+    from dataclasses import replace
+
+    from control_plane.settings import Settings
+    from control_plane.stack.commands import xdist_args
+
+    cores = str(len(os.sched_getaffinity(0)))
+    expected = [cores if arg == "CORES" else arg for arg in expected]
+    if expected and expected[1] == "1":  # one usable core: no workers
+        expected = []
+    assert xdist_args(replace(Settings(), test_workers=workers), args) == expected
+
+
+def test_a_negative_worker_count_is_refused(monkeypatch):
+    from control_plane.settings import Settings
+
+    monkeypatch.setenv("VG_TEST_WORKERS", "-2")
+    with pytest.raises(ValueError, match="VG_TEST_WORKERS"):
+        Settings()

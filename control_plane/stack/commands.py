@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -11,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from control_plane.settings import cli_settings
+from control_plane.settings import Settings, cli_settings
 
 app = typer.Typer()
 serve_app = typer.Typer(help="Run one service in the foreground.", no_args_is_help=True)
@@ -140,9 +141,26 @@ def token_cmd(
                   f"{settings.tokens_file}:\n{token}")
 
 
+def xdist_args(settings: Settings, args: list[str]) -> list[str]:
+    """pytest-xdist's arguments for `visionguard test`, unless `args` already choose."""
+    if any(arg in ("-d", "--numprocesses", "--dist", "no:xdist")
+           or arg.startswith(("-n", "--numprocesses=", "--dist=")) for arg in args):
+        return []
+    workers = settings.test_workers or len(os.sched_getaffinity(0))
+    # In collection order (xdist would send the files with the most tests first): the suite
+    # puts the files that wait for its trained detector last (tests/conftest.py).
+    return ["-n", str(workers), "--dist", "loadfile", "--no-loadscope-reorder"] \
+        if workers > 1 else []
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def test(ctx: typer.Context) -> None:
-    """Run the test suite (pytest); extra arguments go to pytest."""
+    """Run the test suite (pytest); extra arguments go to pytest.
+
+    Test files are spread over pytest-xdist workers (`--dist loadfile`: a file's tests share
+    its module fixtures in one process; in collection order), one per usable core or
+    VG_TEST_WORKERS; `-n`, `--dist` or `-p no:xdist` among the arguments choose otherwise."""
     settings = cli_settings(ctx)
-    code = subprocess.call([sys.executable, "-m", "pytest", *ctx.args], cwd=settings.root)
+    code = subprocess.call([sys.executable, "-m", "pytest", *xdist_args(settings, ctx.args),
+                            *ctx.args], cwd=settings.root)
     raise typer.Exit(code)
