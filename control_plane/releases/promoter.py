@@ -447,8 +447,10 @@ class Promoter:
             served = self._served()
             if int(version) not in served:
                 self._load_shadow(info, served, steps)
-            self.registry.set_alias(SHADOW, version)
+            # The share before the alias, as in canary(): a gateway reading between the two
+            # writes mirrors nothing, never the new shadow at the share it had before (0%).
             self.registry.set_shadow_percent(percent)
+            self.registry.set_alias(SHADOW, version)
             result = self._result("shadow", version, steps, t0)
             self.audit.record(self.actor, "shadow", model=self.model, version=version,
                               percent=percent, champion=routing.champion,
