@@ -108,9 +108,12 @@ def run_perf_analyzer(settings: Settings, *, concurrency: str = "1:4:1", shape: 
                       csv_path: Path, console: Console | None = None,
                       batch_size: int = 1, version: str = "", imgsz: int | None = None,
                       stability_percentage: float = 10.0,
-                      max_trials: int = 10) -> list[dict[str, str]]:
+                      max_trials: int = 10, request_count: int = 0) -> list[dict[str, str]]:
     """perf_analyzer over `concurrency`; `version` pins a model version (Triton's default
     otherwise), `imgsz` the letterbox size of the input image (default: settings.imgsz).
+    `request_count` > 0: windows of at least that many requests (perf_analyzer's
+    count_windows mode: a window starts at 1 s and grows until they are done) instead of
+    `measurement_ms` each, so a stalled moment lengthens a window rather than emptying it.
 
     perf_analyzer stops its sweep at the first level whose measurements do not settle within
     `stability_percentage` over `max_trials` windows (exit status 2 when that is the first level,
@@ -130,6 +133,8 @@ def run_perf_analyzer(settings: Settings, *, concurrency: str = "1:4:1", shape: 
             "-u", settings.triton_grpc_url, "-b", str(batch_size),
             "--concurrency-range", concurrency,
             "--measurement-interval", str(measurement_ms),
+            *(["--measurement-mode", "count_windows", "--measurement-request-count",
+               str(request_count)] if request_count > 0 else []),
             "--stability-percentage", f"{stability_percentage:g}",
             "--max-trials", str(max_trials),
             "--input-data", str(Path(tmp) / "data"),
@@ -158,7 +163,8 @@ def run_perf_analyzer(settings: Settings, *, concurrency: str = "1:4:1", shape: 
     if missing:
         raise UnstableMeasurement(
             f"perf_analyzer found no stable measurement for concurrency {missing} "
-            f"(within {stability_percentage:g}% over {max_trials} windows of {measurement_ms} ms); "
+            f"(within {stability_percentage:g}% over {max_trials} windows of "
+            f"{f'{request_count} requests' if request_count > 0 else f'{measurement_ms} ms'}); "
             "raise --measurement-ms or --stability-percentage, or measure on a quieter machine",
             missing=missing, measured=[int(r["Concurrency"]) for r in rows], rows=rows,
             csv=str(csv_path))
