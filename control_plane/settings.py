@@ -252,7 +252,7 @@ class Settings:
                                 ("VG_BOOTSTRAP_VAL_EVERY", self.bootstrap_val_every),
                                 ("VG_TEST_WORKERS", self.test_workers)):
             if value < 0:
-                raise ValueError(f"{variable} must be 0 (the default size) or more, not {value}")
+                raise ValueError(f"{variable} must be 0 (the default) or more, not {value}")
         if self.model_repository is None:
             object.__setattr__(self, "model_repository", self.runtime_dir / "model_repository")
 

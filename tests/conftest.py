@@ -229,10 +229,9 @@ class Training:
 def _detector_training(request, tmp_path_factory):
     """Start training the suite's small detector (tests/trained_detector.py) as the session
     starts, in a process of its own that takes the cores the tests leave idle, when a
-    selected test needs it: the tests
-    before the first of those (most of the suite, see pytest_collection_modifyitems) run
-    meanwhile. With pytest-xdist the first worker to get here starts it and the others wait
-    for the same one. Trained inside the first test that needed it, it took 267 s of a
+    selected test needs it: the tests before the first of those (most of the suite, see
+    pytest_collection_modifyitems) run meanwhile. With pytest-xdist the first worker to get
+    here starts it and the others wait for the same one. Trained inside the first test that needed it, it took 267 s of a
     25-minute CI run while the suite used 1.2 cores on average."""
     if not _needs_training(request.session):
         yield None
@@ -256,13 +255,15 @@ def _detector_training(request, tmp_path_factory):
     # it): the test processes, and what they start, yield the CPU to it.
     os.nice(TESTS_NICE)
     yield training
-    if training.proc is not None:
-        # Other workers may still wait for it: it ends by itself (or with the run's Ctrl-C).
-        try:
-            training.proc.wait(timeout=1800)
-        except subprocess.TimeoutExpired:
-            training.proc.kill()
-            training.proc.wait()
+    if training.proc is None:
+        return
+    try:
+        # Under pytest-xdist other workers may still wait for it: it ends by itself (or with
+        # the run's Ctrl-C). Alone, nothing else will read it.
+        training.proc.wait(timeout=1800 if os.environ.get("PYTEST_XDIST_WORKER") else 0)
+    except subprocess.TimeoutExpired:
+        training.proc.kill()
+        training.proc.wait()
 
 
 def _training_running(training: Training) -> bool:

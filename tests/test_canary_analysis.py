@@ -314,8 +314,7 @@ def canary_of(registry, version: str):
     from control_plane.mlflow_store import CHALLENGER
 
     def start():
-        registry.set_alias(CHALLENGER, version)
-        registry.set_canary_percent(50)
+        registry.route(CHALLENGER, version, 50)
         return "started"
     return start
 

@@ -344,11 +344,7 @@ class Promoter:
                 self.audit.record(self.actor, "canary", model=self.model, version=version,
                                   outcome="started", percent=percent)
                 self._admit(version, steps)
-            # The share before the alias: between the two writes a gateway reading the routing
-            # sees the champion alone (a share without a challenger routes nothing), never the
-            # challenger named at the share it had before (0% after an earlier canary).
-            self.registry.set_canary_percent(percent)
-            self.registry.set_alias(CHALLENGER, version)
+            self.registry.route(CHALLENGER, version, percent)
             self.registry.tag_version(version, status="challenger")
             result = self._result("canary", version, steps, t0)
             self.audit.record(self.actor, "canary", model=self.model, version=version,
@@ -447,10 +443,7 @@ class Promoter:
             served = self._served()
             if int(version) not in served:
                 self._load_shadow(info, served, steps)
-            # The share before the alias, as in canary(): a gateway reading between the two
-            # writes mirrors nothing, never the new shadow at the share it had before (0%).
-            self.registry.set_shadow_percent(percent)
-            self.registry.set_alias(SHADOW, version)
+            self.registry.route(SHADOW, version, percent)
             result = self._result("shadow", version, steps, t0)
             self.audit.record(self.actor, "shadow", model=self.model, version=version,
                               percent=percent, champion=routing.champion,

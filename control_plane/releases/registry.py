@@ -172,6 +172,15 @@ class Registry:
     def set_shadow_percent(self, percent: float) -> None:
         self.client.set_registered_model_tag(self.name, SHADOW_TAG, f"{percent:g}")
 
+    def route(self, alias: str, version: str | int, percent: float) -> None:
+        """`version` as the CHALLENGER (a canary) or the SHADOW at `percent`. Two MLflow writes,
+        the share first: a gateway reading between them sees the share without the version,
+        which routes or mirrors nothing, never the version at the share it had before (0%
+        after an earlier canary or shadow)."""
+        share = {CHALLENGER: self.set_canary_percent, SHADOW: self.set_shadow_percent}[alias]
+        share(percent)
+        self.set_alias(alias, version)
+
     def tag_version(self, version: str | int, **tags) -> None:
         for key, value in tags.items():
             self.client.set_model_version_tag(self.name, str(version), key, str(value))

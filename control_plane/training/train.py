@@ -341,14 +341,14 @@ class IdleCores:
 
     def callbacks(self) -> dict[str, Callable]:
         """Ultralytics callbacks: the measured count once the device is chosen, then again
-        at each epoch's start."""
+        at each epoch's start and at the first batch after every `every_s`."""
 
         def on_pretrain_routine_start(_trainer) -> None:
             import torch
 
             torch.set_num_threads(self.threads)
 
-        def on_train_epoch_start(_trainer) -> None:
+        def remeasure(_trainer) -> None:
             import torch
 
             threads = self._measure()
@@ -361,10 +361,10 @@ class IdleCores:
 
         def on_train_batch_start(trainer) -> None:
             if self._last is not None and time.monotonic() - self._last[0] >= self.every_s:
-                on_train_epoch_start(trainer)
+                remeasure(trainer)
 
         return {"on_pretrain_routine_start": on_pretrain_routine_start,
-                "on_train_epoch_start": on_train_epoch_start,
+                "on_train_epoch_start": remeasure,
                 "on_train_batch_start": on_train_batch_start}
 
 
