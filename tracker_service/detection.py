@@ -41,6 +41,11 @@ class DetectOptions:
     version: str = ""
 
 
+def wall_ns(wall_start_ns: int, start: float, t: float) -> int:
+    """perf_counter reading `t` as Unix nanoseconds, given both clocks read at `start`."""
+    return wall_start_ns + int((t - start) * 1e9)
+
+
 @dataclass(frozen=True)
 class StageTimes:
     """One detection's stage boundaries (time.perf_counter() readings) and the wall clock at
@@ -58,7 +63,7 @@ class StageTimes:
 
     def ns(self, t: float) -> int:
         """A perf_counter reading as Unix nanoseconds, for spans."""
-        return self.wall_start_ns + int((t - self.start) * 1e9)
+        return wall_ns(self.wall_start_ns, self.start, t)
 
     def seconds(self) -> dict[str, float]:
         return {"decode": self.preprocess - self.decode,
@@ -156,13 +161,15 @@ class DetectionPipeline:
             # which is what filtering before it gives, since NMS never crosses classes.
             # The span's trace context rides along as gRPC metadata, so Triton's spans
             # (opentelemetry trace mode) are children of this one.
-            with self.recorder.infer(info.name, opts.version, rgb.shape) as call:
+            # The span starts and ends at t_infer and t_post, so it lasts the `infer` timing.
+            with self.recorder.infer(info.name, opts.version, rgb.shape,
+                                     wall_ns(wall_start, start, t_infer)) as call:
                 result = await self.client.infer(
                     rgb, conf=opts.conf, iou=opts.iou,
                     max_det=300 if opts.classes else opts.max_det, version=opts.version,
                     headers=call.headers)
-                call.answered(result.model_version)
-        t_post = time.perf_counter()
+                t_post = time.perf_counter()
+                call.answered(result.model_version, wall_ns(wall_start, start, t_post))
         dets = result.detections
         if opts.classes:
             dets = dets[np.isin(dets[:, 5].astype(np.int64), opts.classes)][: opts.max_det]

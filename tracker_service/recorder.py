@@ -6,8 +6,9 @@ field and which Prometheus series that becomes. One place to read when a dashboa
 looks wrong, and one place to change when a series is added.
 
 Two spans are open while their work runs, because something inside needs them current: `infer`
-(its W3C trace context goes to Triton as gRPC metadata, so Triton's spans hang under it) and
-`track` (its duration is the `track` timing). The other stages are written after the fact from
+(its W3C trace context goes to Triton as gRPC metadata, so Triton's spans hang under it; it
+starts and ends at the pipeline's timestamps, so it lasts the `infer` timing) and `track` (its
+duration is the `track` timing). The other stages are written after the fact from
 their timestamps (detection.StageTimes), since they ran in worker threads or before the span
 would have been opened.
 """
@@ -32,9 +33,11 @@ class InferCall:
     def __init__(self, span: Span) -> None:
         self.span = span
         self.headers = traceparent_headers()  # taken while this span is the current one
+        self.end_ns: int | None = None  # None: the span ends when the call leaves (failed)
 
-    def answered(self, model_version: str) -> None:
+    def answered(self, model_version: str, end_ns: int) -> None:
         self.span.set_attribute("triton.model_version", model_version)
+        self.end_ns = end_ns
 
 
 class TrackStep:
@@ -65,15 +68,22 @@ class RequestRecorder:
         self.metrics.pending.set(count)
 
     @contextmanager
-    def infer(self, model: str, requested_version: str,
-              letterboxed: tuple[int, ...]) -> Iterator[InferCall]:
+    def infer(self, model: str, requested_version: str, letterboxed: tuple[int, ...],
+              start_ns: int) -> Iterator[InferCall]:
+        """The `infer` span, current while the Triton call runs, from the pipeline's own
+        timestamps: `start_ns`, and the end `InferCall.answered` gives."""
         self.metrics.in_flight.inc()
+        call = None
         try:
-            with tracer.start_as_current_span("infer", attributes={
-                    "triton.model": model, "triton.requested_version": requested_version,
-                    "image.letterboxed": f"{letterboxed[1]}x{letterboxed[0]}"}) as span:
-                yield InferCall(span)
+            attributes = {"triton.model": model, "triton.requested_version": requested_version,
+                          "image.letterboxed": f"{letterboxed[1]}x{letterboxed[0]}"}
+            with tracer.start_as_current_span("infer", start_time=start_ns, end_on_exit=False,
+                                              attributes=attributes) as span:
+                call = InferCall(span)
+                yield call
         finally:
+            if call is not None:
+                call.span.end(end_time=call.end_ns)
             self.metrics.in_flight.dec()
 
     def detected(self, d: Detections, image_bytes: int) -> None:
