@@ -129,7 +129,18 @@ def run_up(env: dict[str, str], log: Path, timeout_s: float = 240):
             assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
             break
         time.sleep(0.1)
-    yield Stack(settings, env, proc, url)
+    try:
+        yield Stack(settings, env, proc, url)
+    except BaseException:
+        # The body failed (a fixture's set-up after the stack started, say): stop the stack
+        # anyway, or its processes outlive the run, then let the failure through.
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
     # Ctrl-C stops Triton, its python-backend stubs, the control plane, the gateway and MLflow:
     # nothing keeps the ports.
     proc.send_signal(signal.SIGINT)
