@@ -29,8 +29,8 @@ minute): tests/test_gpu_path.py runs it end to end in CI, and its JSON and table
 
 On the GPU machine (an H200, no network, Python 3.12 with its own torch 2.11 and numpy 2.5; the
 project's .venv is 7 GB and cannot travel within the device tool's 64 MiB), what the run needs
-and that machine lacks travels as one bundle in an ignored folder. Build it here first (about 5
-minutes on 2 cores; about 50 MiB, the working tree adds about 4):
+and that machine lacks travels as one bundle in an ignored folder. Build it here first (about a
+minute on 2 cores; about 50 MiB, the working tree adds about 4):
 
     .venv/bin/python bench/gpu_path.py --bundle-build
 
@@ -49,9 +49,15 @@ Then, from a session whose task is lent a device machine, one call:
 
 With --bundle the script unpacks the bundle under /tmp into a virtual environment whose path is
 the bundle's packages, then the launching interpreter's (torch), and runs itself again in it;
-Triton's python stub, started in that environment, imports the same packages. Before starting
-Triton it checks that the 3.12 stub finds libpython3.12.so (a missing library is named in the
-JSON). `python bench/gpu_path.py --bundle-build /tmp/b --bundle-python 3.11` followed by
+Triton's python stub, started in that environment, imports the same packages; the gateway
+finds the machine's own numpy first (its scipy needs numpy 2; the stub needs the bundle's 1.26).
+Before starting Triton it checks that the 3.12 stub finds libpython3.12.so, looks for one on the
+machine where it does not, and last uses the bundle's fallback (a stripped libpython of another
+3.12 patch release, when the machine building the bundle has one); the JSON says which. Before
+the gateway's load, one probe request goes through it with Triton's verbose log on; if it fails,
+the same request through a second gateway without shared memory says whether that path is the
+cause (on the H200 on 2026-12-04 every gateway request timed out: docs/perf/gpu-h200.md).
+`python bench/gpu_path.py --bundle-build /tmp/b --bundle-python 3.11` followed by
 `--bundle /tmp/b --device cpu` tries the same mechanics on this machine.
 """
 
@@ -134,7 +140,7 @@ class Plan:
 
 GPU_PLAN = Plan(device="cuda", dtype="fp16", imgsz=640, batches=(1, 8, 32),
                 concurrencies=(1, 8, 64), gateway_concurrencies=(8, 32, 64), gateway_workers=8,
-                instances=2, cuda_graphs=True, measurement_ms=3000, max_trials=5,
+                instances=2, cuda_graphs=True, measurement_ms=3000, max_trials=8,
                 stability_percentage=15, gateway_window_s=8, gateway_warmup_s=2,
                 client_processes=4, inprocess_iters=50, max_queue_delay_us=500)
 CPU_PLAN = Plan(device="cpu", dtype="fp32", imgsz=128, batches=(1, 4), concurrencies=(1, 4),
@@ -290,7 +296,42 @@ def time_in_process(torchscript: Path, plan: Plan, input_hw: tuple[int, int],
             ms = float(np.median(times))
             out[str(batch)] = {"ms_per_batch_p50": ms, "ms_per_image": ms / batch,
                                "images_per_s": 1000 * batch / ms, "iterations": len(times)}
+            if plan.cuda_graphs and device.type == "cuda":
+                out[str(batch)].update(graph_timing(model, x, plan.inprocess_iters))
     return out
+
+
+def graph_timing(model, x, iters: int) -> dict:
+    """The same trace captured as a CUDA graph and replayed, as the served model does: its
+    median ms per batch, or why capture failed (then the served model runs eagerly: a capture
+    is tried here first, where a failure costs nothing)."""
+    import torch
+
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                model(x)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = model(x)
+        graph.replay()
+        torch.cuda.synchronize()
+        eager = model(x)
+        diff = float((out.float() - eager.float()).abs().max())
+        times = []
+        for _ in range(iters):
+            t = time.perf_counter()
+            graph.replay()
+            torch.cuda.synchronize()
+            times.append((time.perf_counter() - t) * 1000)
+    except Exception as exc:  # noqa: BLE001 (any capture failure: say it, serve eagerly)
+        return {"graph_error": f"{type(exc).__name__}: {exc}"[:500]}
+    ms = float(np.median(times))
+    return {"graph_ms_per_batch_p50": ms, "graph_ms_per_image": ms / x.shape[0],
+            "graph_max_abs_diff_vs_eager": diff}
 
 
 # --- the bundle for the GPU machine ------------------------------------------------------------
@@ -335,6 +376,13 @@ def build_bundle(dest: Path, imgsz: int = 640, python: str = BUNDLE_PYTHON) -> d
         cudart = Path(next(iter(nvidia.cuda_runtime.__path__))) / "lib" / "libcudart.so.12"
         shutil.copy2(cudart, lib / "libcudart.so.12")
         shutil.copy2("/usr/lib/x86_64-linux-gnu/libb64.so.0d", lib / "libb64.so.0d")
+        fallback = local_libpython(python)
+        if fallback is not None:
+            # Used only where the GPU machine has no libpython of its own (the stub links it;
+            # an image's Python can be built without one): stripped, 30 -> about 6 MB.
+            (lib / "fallback").mkdir()
+            subprocess.run(["strip", "--strip-unneeded", "-o",
+                            str(lib / "fallback" / fallback.name), str(fallback)], check=True)
         staging = dest.with_name(dest.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -345,6 +393,7 @@ def build_bundle(dest: Path, imgsz: int = 640, python: str = BUNDLE_PYTHON) -> d
     input_hw = letterboxed(staging / "bus.jpg", imgsz).shape[:2]
     meta = trace_detector(staging / "model.torchscript", tuple(input_hw), half=True)
     manifest = {**meta, "imgsz": imgsz, "python": python, "wheels": list(BUNDLE_WHEELS),
+                "fallback_libpython": str(fallback) if fallback else None,
                 "pytriton": "0.5.10", "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                               time.gmtime()),
                 "files": {p.name: p.stat().st_size for p in staging.iterdir()}}
@@ -364,11 +413,29 @@ class Runtime:
     manifest: dict = field(default_factory=dict)
 
     def child_env(self, base: dict[str, str]) -> dict[str, str]:
-        """A gateway's environment: the bundle's packages and this checkout on its path."""
+        """A gateway's environment: this checkout, the machine's own numpy, then the bundle's
+        packages. The bundle's numpy 1.26 is for Triton's python stub alone: the machine's
+        scipy (the trackers' assignment) needs its own numpy 2 (np.long; seen on the H200)."""
         env = dict(base)
-        paths = [str(ROOT), *([str(self.site)] if self.site else []), env.get("PYTHONPATH", "")]
+        paths = [str(ROOT), *([str(self.machine_numpy())] if self.site else []),
+                 *([str(self.site)] if self.site else []), env.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         return env
+
+    def machine_numpy(self) -> Path:
+        """A folder holding only links to the machine's numpy (and its numpy.libs): first on a
+        gateway's path, it hides the bundle's numpy and nothing else."""
+        folder = self.site.parent / "machine-numpy"
+        if not folder.exists():
+            pth = next(Path(sys.prefix).glob("lib/python*/site-packages/vg_gpu_bundle.pth"))
+            own = [Path(line) for line in pth.read_text().splitlines()[1:] if line]
+            source = next((d for d in own if (d / "numpy" / "__init__.py").exists()), None)
+            folder.mkdir()
+            if source is not None:
+                for name in ("numpy", "numpy.libs"):
+                    if (source / name).exists():
+                        (folder / name).symlink_to(source / name)
+        return folder
 
     def perf_env(self) -> dict[str, str]:
         from control_plane.perf.analyzer import perf_environment
@@ -414,6 +481,46 @@ def use_bundle(bundle: Path) -> Runtime:
         (root / ".complete").touch()
     python = venv / "bin" / "python"
     os.execv(python, [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
+
+
+def local_libpython(version: str) -> Path | None:
+    """A shared libpython of `version` on this machine (pyenv's builds have one; Debian's
+    Python 3.11 too), for the bundle's fallback."""
+    name = f"libpython{version}.so.1.0"
+    candidates = [Path(sysconfig.get_config_var("LIBDIR") or "/nonexistent") / name,
+                  *sorted(Path.home().glob(f".pyenv/versions/{version}.*/lib/{name}")),
+                  Path("/usr/lib/x86_64-linux-gnu") / name, Path("/usr/local/lib") / name]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def find_libpython(runtime: Runtime, timeout_s: float = 20) -> tuple[Path | None, str]:
+    """The folder holding this interpreter's libpython (the python backend stub links it):
+    where sysconfig says, the base prefix, the loader's cache, a bounded search of /usr, /opt
+    and /root, and last the bundle's fallback (another patch release of the same minor version,
+    so only when the machine has none). Returns the folder and how it was found."""
+    name = f"libpython{sys.version_info.major}.{sys.version_info.minor}.so.1.0"
+    for label, folder in (("sysconfig LIBDIR", sysconfig.get_config_var("LIBDIR")),
+                          ("base prefix", str(Path(sys.base_prefix) / "lib")),
+                          ("system", "/usr/lib/x86_64-linux-gnu")):
+        if folder and (Path(folder) / name).is_file():
+            return Path(folder), f"{label}: {Path(folder) / name}"
+    try:
+        cache = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True,
+                               timeout=10).stdout
+        for line in cache.splitlines():
+            if line.strip().startswith(name) and "=>" in line:
+                path = Path(line.split("=>")[1].strip())
+                return path.parent, f"ldconfig: {path}"
+        found = subprocess.run(["find", "/usr", "/opt", "/root", "-xdev", "-name", name],
+                               capture_output=True, text=True, timeout=timeout_s).stdout.split()
+        if found:
+            return Path(found[0]).parent, f"found: {found[0]}"
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    if runtime.lib and (runtime.lib / "fallback" / name).is_file():
+        source = runtime.manifest.get("fallback_libpython")
+        return runtime.lib / "fallback", f"the bundle's fallback ({source}): the machine has none"
+    return None, "not found"
 
 
 def missing_libraries(binary: Path, env: dict[str, str]) -> list[str]:
@@ -684,6 +791,11 @@ def run(plan: Plan, deadline: Deadline, runtime: Runtime, out_dir: Path) -> dict
                                                    deadline)
             if plan.device == "cuda":
                 torch.cuda.empty_cache()
+            if any("graph_error" in r for r in result["in_process"].values()):
+                plan = replace(plan, cuda_graphs=False)
+                result["plan"]["cuda_graphs"] = False
+                result["errors_handled"] = ["CUDA graph capture failed in-process; the served "
+                                            "model runs eagerly (in_process says why)"]
             save()
 
             step("Triton", 60)
@@ -698,6 +810,15 @@ def run(plan: Plan, deadline: Deadline, runtime: Runtime, out_dir: Path) -> dict
             stub = (triton_server.prepare_backends(settings.runtime_dir) / "python"
                     / "triton_python_backend_stub")
             missing = missing_libraries(stub, triton_env)
+            libpython = "the stub found it"
+            if any(m.startswith("libpython") for m in missing):
+                folder, libpython = find_libpython(runtime)
+                if folder is not None:
+                    triton_env["LD_LIBRARY_PATH"] = os.pathsep.join(
+                        [str(folder), triton_env.get("LD_LIBRARY_PATH", "")])
+                    missing = missing_libraries(stub, triton_env)
+            result["libpython"] = libpython
+            print(f"libpython for the stub: {libpython}", flush=True)
             if missing:
                 raise RuntimeError(f"the python backend stub cannot start: {missing} not found "
                                    f"(LD_LIBRARY_PATH={triton_env.get('LD_LIBRARY_PATH')})")
@@ -744,13 +865,40 @@ def run(plan: Plan, deadline: Deadline, runtime: Runtime, out_dir: Path) -> dict
                 step("gateway", plan.gateway_window_s + plan.gateway_warmup_s + 15)
                 url = f"http://{settings.host}:{settings.gateway_port}"
                 try:
-                    wait_http_ok(f"{url}/readyz", gateway.proc, max(deadline.left() - 20, 5),
-                                 "gateway")
+                    # Triton is ready by now: a gateway takes seconds, not minutes (a failed
+                    # import would otherwise eat the rest of the call's deadline).
+                    wait_http_ok(f"{url}/readyz", gateway.proc,
+                                 max(min(deadline.left() - 20, 90), 5), "gateway")
                 except (RuntimeError, TimeoutError) as exc:
                     raise RuntimeError(f"{exc}\n{tail(gateway.log_path)}") from None
                 body = image_path.read_bytes()
                 result["gateway"] = {"workers": plan.gateway_workers, "image": "bus.jpg",
                                      "shared_memory": True, "levels": []}
+                verbose_on = triton_log_verbose(settings.triton_http_url, 1)
+                probe = gateway_probe(url, body)
+                triton_log_verbose(settings.triton_http_url, 0)
+                result["gateway"]["probe"] = {**probe, "triton_verbose_log": verbose_on}
+                print(f"gateway probe: {probe}", flush=True)
+                save()
+                if not probe["ok"]:
+                    # Every request of the GPU machine's first gateway run timed out at the
+                    # gateway's Triton deadline with images through shared memory: the same
+                    # request through a second gateway that puts the image in the gRPC message
+                    # says whether the shared-memory path is what fails there.
+                    step("gateway without shared memory", 60)
+                    port = free_ports(1)[0]
+                    start_gateway(supervisor, settings, plan, runtime, shared_memory=False,
+                                  port=port, name="gateway-noshm")
+                    url = f"http://{settings.host}:{port}"
+                    wait_http_ok(f"{url}/readyz", None, max(min(deadline.left() - 20, 90), 5),
+                                 "gateway without shared memory")
+                    probe = gateway_probe(url, body)
+                    result["gateway"]["probe_without_shared_memory"] = probe
+                    print(f"gateway probe without shared memory: {probe}", flush=True)
+                    if not probe["ok"]:
+                        raise RuntimeError("the gateway's probe request failed with and without "
+                                           "shared memory (see gateway.probe and the logs)")
+                    result["gateway"]["shared_memory"] = False
                 for concurrency in plan.gateway_concurrencies:
                     step(f"gateway concurrency {concurrency}",
                          plan.gateway_window_s + plan.gateway_warmup_s + 5)
@@ -783,19 +931,51 @@ def keep_logs(log_dir: Path, out_dir: Path, max_bytes: int = 1 << 20) -> None:
             (out_dir / f"gpu_path_{log.name}").write_bytes(f.read())
 
 
-def start_gateway(supervisor, settings, plan: Plan, runtime: Runtime):
+def start_gateway(supervisor, settings, plan: Plan, runtime: Runtime, *,
+                  shared_memory: bool = True, port: int | None = None, name: str = "gateway"):
     """The gateway (uvicorn, `gateway_workers` processes) in front of Triton, started beside it:
     its imports overlap Triton's start; /readyz waits for the detector."""
     env = runtime.child_env({
         **os.environ, "VG_GATEWAY_TRITON_URL": settings.triton_grpc_url,
-        "VG_GATEWAY_MODEL_NAME": MODEL_NAME, "VG_GATEWAY_SHARED_MEMORY": "1",
+        "VG_GATEWAY_MODEL_NAME": MODEL_NAME,
+        "VG_GATEWAY_SHARED_MEMORY": "1" if shared_memory else "0",
         "VG_GATEWAY_IMGSZ": str(plan.imgsz), "VG_GATEWAY_LOG_LEVEL": "WARNING",
         "VG_GATEWAY_MAX_PENDING": str(max(64, 2 * max(plan.gateway_concurrencies))),
         "VG_GATEWAY_MAX_TRITON_IN_FLIGHT": "16"})
     cmd = [sys.executable, "-m", "uvicorn", "tracker_service.app:create_app", "--factory",
-           "--host", settings.host, "--port", str(settings.gateway_port),
+           "--host", settings.host, "--port", str(port or settings.gateway_port),
            "--workers", str(plan.gateway_workers), "--no-access-log", "--log-level", "warning"]
-    return supervisor.start("gateway", cmd, env)
+    return supervisor.start(name, cmd, env)
+
+
+def triton_log_verbose(http_url: str, level: int) -> str:
+    """Triton's verbose log on or off at run time (its logging extension): on for the
+    gateway's probe request only, so the log shows that request's path and nothing else."""
+    import httpx
+
+    try:
+        r = httpx.post(f"{http_url}/v2/logging", json={"log_verbose_level": level}, timeout=10)
+        return f"{r.status_code}"
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def gateway_probe(url: str, body: bytes, timeout_s: float = 30) -> dict:
+    """One request through the gateway before the load: its status, time and body's error."""
+    import httpx
+
+    t = time.perf_counter()
+    try:
+        r = httpx.post(f"{url}/v1/detect", content=body, headers={"content-type": "image/jpeg"},
+                       timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                "seconds": time.perf_counter() - t}
+    out = {"ok": r.status_code == 200, "status": r.status_code,
+           "seconds": time.perf_counter() - t}
+    if r.status_code != 200:
+        out["body"] = r.text[:500]
+    return out
 
 
 def served_line(log_path: Path) -> str:
@@ -833,11 +1013,14 @@ def table(result: dict) -> str:
                   f"{model.get('input_hw')}, {model.get('dtype')}; Triton: "
                   f"{result.get('triton', {}).get('served', 'not started')}", ""]
     if result.get("in_process"):
-        lines += ["| model alone, batch | ms/batch | ms/image | images/s |", "|---|---|---|---|"]
+        lines += ["| model alone, batch | ms/batch | ms/image | images/s | CUDA graph ms/image |",
+                  "|---|---|---|---|---|"]
         for b, r in result["in_process"].items():
             if "ms_per_batch_p50" in r:
+                graph = (f"{r['graph_ms_per_image']:.3f}" if "graph_ms_per_image" in r
+                         else r.get("graph_error", "-"))
                 lines.append(f"| {b} | {r['ms_per_batch_p50']:.2f} | {r['ms_per_image']:.3f} | "
-                             f"{r['images_per_s']:.0f} |")
+                             f"{r['images_per_s']:.0f} | {graph} |")
         anchor = ANCHORS["tensorrt_fp16_a100_ms_per_image_batch8"]
         lines += ["", f"Anchor: {anchor['value']} ms/image at batch 8 ({anchor['source']}).", ""]
     if result.get("parity"):
@@ -872,7 +1055,17 @@ def table(result: dict) -> str:
                           f"{ANCHORS['dynamic_batching_gain']['value']}x.", ""]
     if result.get("gateway"):
         g = result["gateway"]
-        lines += [f"Gateway, {g['workers']} worker processes, posting bus.jpg:", "",
+        for key, label in (("probe", "probe request"),
+                           ("probe_without_shared_memory", "probe without shared memory")):
+            if key in g:
+                pr = g[key]
+                lines += [f"Gateway {label}: {'200' if pr['ok'] else 'FAILED'} in "
+                          f"{pr['seconds']:.2f} s"
+                          + ("" if pr["ok"] else f" ({pr.get('status', '')} "
+                             f"{pr.get('body') or pr.get('error', '')})"), ""]
+        lines += [f"Gateway, {g['workers']} worker processes, posting bus.jpg, images "
+                  f"{'through shared memory' if g['shared_memory'] else 'in the gRPC message'}:",
+                  "",
                   "| concurrency | images/s | p50 ms | p95 ms | p99 ms | errors |",
                   "|---|---|---|---|---|---|"]
         for r in g["levels"]:
@@ -883,6 +1076,60 @@ def table(result: dict) -> str:
     if result["errors"]:
         lines += ["", "Stopped early: " + "; ".join(result["errors"])]
     return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> bool:
+    """perf_analyzer's grid as a picture: images/s and p50 latency against concurrency, a line
+    per batch size, with the model alone in-process (CUDA graphs where captured) as dashed
+    ceilings. Returns False when there is nothing to draw."""
+    rows = [r for r in result.get("perf_analyzer") or [] if "images_per_s" in r]
+    if not rows:
+        return False
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    ax_tp, ax_lat = fig.subplots(1, 2)
+    batches = sorted({r["batch"] for r in rows})
+    colours = dict(zip(batches, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
+    for b in batches:
+        mine = sorted((r for r in rows if r["batch"] == b), key=lambda r: r["concurrency"])
+        conc = [r["concurrency"] for r in mine]
+        ax_tp.plot(conc, [r["images_per_s"] for r in mine], "o-", color=colours[b],
+                   label=f"Triton, batch {b}")
+        ax_lat.plot(conc, [r["p50_ms"] for r in mine], "o-", color=colours[b],
+                    label=f"batch {b}")
+        alone = (result.get("in_process") or {}).get(str(b)) or {}
+        ms = alone.get("graph_ms_per_image") or alone.get("ms_per_image")
+        if ms:
+            ax_tp.axhline(1000 / ms, color=colours[b], ls="--", lw=1,
+                          label=f"model alone, batch {b}")
+    gateway = [lv for lv in (result.get("gateway") or {}).get("levels", []) if lv["requests"]]
+    if gateway:
+        ax_tp.plot([lv["concurrency"] for lv in gateway],
+                   [lv["images_per_s"] for lv in gateway], "s-", color="black",
+                   label="gateway (HTTP JPEG), batch 1")
+    ticks = sorted({r["concurrency"] for r in rows} | {lv["concurrency"] for lv in gateway})
+    for ax in (ax_tp, ax_lat):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_xlabel("concurrency (requests in flight)")
+        ax.grid(alpha=0.3)
+    ax_tp.set_yscale("log")
+    ax_tp.set_ylabel("images/s")
+    ax_lat.set_yscale("log")
+    ax_lat.set_ylabel("p50 latency per request, ms")
+    ax_tp.legend(fontsize=7, loc="lower right")
+    ax_lat.legend(fontsize=7)
+    dev = result["device"]
+    fig.suptitle(f"GPU path on {dev.get('name', dev['kind'])}: yolov8n "
+                 f"{result.get('model', {}).get('dtype', '')} "
+                 f"{result.get('model', {}).get('input_hw', '')}, Triton python backend, "
+                 "perf_analyzer", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    return True
 
 
 def write_results(result: dict, out_dir: Path, deadline: Deadline) -> None:
@@ -910,7 +1157,18 @@ def main() -> None:
                              "folder is given) and exit")
     parser.add_argument("--bundle-python", default=BUNDLE_PYTHON,
                         help="the Python version the bundle is for (the GPU machine's)")
+    parser.add_argument("--replot", type=Path, default=None,
+                        help="draw the picture of a gpu_path.json (e.g. one fetched from the "
+                             "GPU machine) beside it, and exit")
+    parser.add_argument("--skip-perf", action="store_true",
+                        help="leave out the in-process timing and perf_analyzer (Triton, the "
+                             "parity check and the gateway only: a rerun of the last step)")
     args = parser.parse_args()
+    if args.replot:
+        result = json.loads(args.replot.read_text())
+        target = args.replot.with_suffix(".png")
+        print(f"wrote {target}" if plot(result, target) else "no perf_analyzer rows to plot")
+        return
     if args.bundle_build:
         manifest = build_bundle(args.bundle_build, python=args.bundle_python)
         total = sum(manifest["files"].values())
@@ -925,9 +1183,15 @@ def main() -> None:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     plan = GPU_PLAN if device == "cuda" else CPU_PLAN
+    if args.skip_perf:
+        plan = replace(plan, batches=(), concurrencies=())
     out_dir = args.out or (Path(os.environ["OUT"]) if os.environ.get("OUT")
                            else ROOT / "bench" / "results")
     result = run(plan, deadline, runtime, out_dir)
+    try:
+        plot(result, out_dir / "gpu_path.png")
+    except Exception as exc:  # noqa: BLE001 (the figures matter more than their picture)
+        print(f"no picture: {type(exc).__name__}: {exc}", file=sys.stderr)
     print(table(result))
     print(f"wrote {out_dir / 'gpu_path.json'} in {result['elapsed_s']:.0f} s")
     sys.exit(0 if result["complete"] else 1)

@@ -93,6 +93,9 @@ def test_gateway_and_in_process_figures(cpu_run):
     result = cpu_run[0]
     gateway = result["gateway"]
     assert gateway["workers"] == result["plan"]["gateway_workers"] >= 2
+    # The probe request went through the shared-memory gateway: no fallback was needed here.
+    assert gateway["probe"]["ok"] and gateway["probe"]["status"] == 200
+    assert gateway["shared_memory"] and "probe_without_shared_memory" not in gateway
     assert [lv["concurrency"] for lv in gateway["levels"]] == list(
         result["plan"]["gateway_concurrencies"])
     for level in gateway["levels"]:
