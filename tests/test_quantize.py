@@ -231,18 +231,32 @@ def test_the_variant_serves_from_static_shapes_compiled_in_the_background(
     direct = core.compile_model(str(ir), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(batch)[0]
     tolerance = 1e-3 * float(np.abs(direct).max())
     assert lone.shape == direct[0].shape and batched.shape == direct.shape
-    np.testing.assert_allclose(lone, direct[0], rtol=0, atol=tolerance)
-    # On one thread per stream OpenVINO's kernels round some INT8 activations the other way
-    # (up to ~0.4% of the output range here): the streams' own configuration is the reference,
-    # and the dynamic model's answer stays within 1%.
+    # A served answer is held to 0.1% of the output range of OpenVINO's answer from the IR
+    # compiled here. Which kernels OpenVINO picks for a static shape varies between processes
+    # (the lone image's answer matched the dynamic model's in seven suite runs of eight and the
+    # static latency model's compiled here in the eighth: 0.35% apart on 1.6% of the values;
+    # INT8 activations rounded the other way), so each served answer must match one of the
+    # two (static: the served configuration, latency for a lone image, two streams for a
+    # batch), and the dynamic model's within 1% whichever it matched.
     model = core.read_model(str(ir))
     model.reshape({model.input(0).get_any_name(): [1, *rgb.shape]})
+    latency = core.compile_model(model, "CPU", {
+        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 2,
+        "INFERENCE_PRECISION_HINT": "f32"})
     streams = core.compile_model(model, "CPU", {
         "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": "2", "INFERENCE_NUM_THREADS": 2,
         "INFERENCE_PRECISION_HINT": "f32"})
-    expected = np.concatenate([streams(batch[i:i + 1])[0] for i in range(2)])
-    np.testing.assert_allclose(batched, expected, rtol=0, atol=tolerance)
-    np.testing.assert_allclose(batched, direct, rtol=0, atol=10 * tolerance)
+
+    def matches_one(answer, references: dict) -> None:
+        gaps = {name: float(np.abs(answer - ref).max()) for name, ref in references.items()}
+        assert min(gaps.values()) <= tolerance, (
+            f"the answer matches no OpenVINO configuration of the IR within {tolerance:.3g}: "
+            f"max differences {gaps}")
+        np.testing.assert_allclose(answer, references["dynamic"], rtol=0, atol=10 * tolerance)
+
+    matches_one(lone, {"static latency": latency(batch[:1])[0][0], "dynamic": direct[0]})
+    matches_one(batched, {"static streams": np.concatenate(
+        [streams(batch[i:i + 1])[0] for i in range(2)]), "dynamic": direct})
 
 
 def test_the_accuracy_gate_rejects_a_variant_that_loses_more_than_allowed(own, variant):
