@@ -107,7 +107,7 @@ BUNDLE_WHEELS = (
     "uvicorn==0.55.0", "shapely==2.2.0", "sniffio==1.3.1", "tritonclient==2.48.0",
     "python-rapidjson==1.25", "protobuf==4.25.9", "opentelemetry-api==1.27.0",
     "opentelemetry-sdk==1.27.0", "opentelemetry-semantic-conventions==0.48b0",
-    "deprecated==1.3.1", "importlib-metadata==8.4.0",
+    "deprecated==1.3.1", "importlib-metadata==8.4.0", "simplejpeg==1.9.0",
 )
 BUNDLE_PYTHON = "3.12"
 PARITY_CANDIDATES = 50  # anchors above the parity check's score threshold

@@ -1,14 +1,17 @@
 """Where every millisecond of one detection goes, at each input size and concurrency, with the
-gateway's reduced-scale JPEG decode off and on side by side.
+gateway's JPEG decode as Ultralytics' predictor does it (OpenCV, in full) and as the gateway does
+it by default (reduced scale where the image is large enough, else simplejpeg in full) side by
+side.
 
     python bench/serving_overhead.py [--sizes 256,640] [--concurrency 1,4] [--rounds 3 --window 3]
 
 For each input size it exports the model at that size, starts Triton and the gateway (as
-`visionguard up` does) with VG_GATEWAY_REDUCED_DECODE=0, and a second gateway, the same in all
-else, with it on; then it interleaves, round after round (the order of the two swapped each
+`visionguard up` does) with VG_GATEWAY_REDUCED_DECODE=0 and VG_GATEWAY_SIMPLEJPEG_FULL_DECODE=0
+("off": OpenCV decodes in full), and a second gateway, the same in all else, with both on ("on":
+the defaults); then it interleaves, round after round (the order of the two swapped each
 round), windows of:
-  - the same work in-process, stage by stage, on the same JPEG, with the decode in full and
-    reduced (tracker_service.decode): JPEG decode (OpenCV), letterbox, the model on the served
+  - the same work in-process, stage by stage, on the same JPEG, with each mode's decode
+    (tracker_service.decode): JPEG decode, letterbox, the model on the served
     runtime (OpenVINO with model.py's settings, or onnxruntime), NMS
     (tracker_service.nms.postprocess, which the python backend runs);
   - each gateway at each concurrency: client latency, the gateway's own stage timings (the
@@ -22,7 +25,7 @@ conversion. The breakdown uses means (Triton's statistics are means, and means a
 latency p50 and throughput are medians of windows.
 
 Where the gateway's own CPU goes (--profile-s, default 8; 0 skips it): after the rounds, py-spy
-(`pip install py-spy`, MIT) samples the reduced-decode gateway during a concurrency-1 window,
+(`pip install py-spy`, MIT) samples the default-decode ("on") gateway during a concurrency-1 window,
 and its stacks are summed by part (JPEG decode, letterbox, Litestar, uvicorn, spans, metrics,
 the request log line, the gRPC client, drift features, ...: the deepest frame that names one
 decides) and by function, in milliseconds per request. Samples where a thread waits (the event
@@ -32,9 +35,9 @@ loop polling, a worker thread idle, the gRPC call in flight) are counted apart, 
 the same rounds (p50 for latency, 1000 / mean for throughput). Per-image overhead = gateway c=1
 p50 minus the in-process p50. Targets (issue 17): at 256 px overhead <= 8 ms and c=4 >= 0.75x
 in-process throughput; at 640 px c=4 >= 1.0x and c=1 p50 <= 1.15x in-process. The default image
-is bus.jpg (810x1080): at 256 px it decodes at 1/4; at 640 px it is not reduced (1080 / 2 < 640),
-so there the two gateways do the same work. Prints a table per size and the targets, and writes
-JSON (default bench/results/serving_overhead.json).
+is bus.jpg (810x1080): at 256 px "on" decodes it at 1/4; at 640 px it is not reduced (1080 / 2 <
+640), so there "on" decodes it in full through simplejpeg (the same pixels as OpenCV's). Prints
+a table per size and the targets, and writes JSON (default bench/results/serving_overhead.json).
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ from tracker_service.nms import postprocess  # noqa: E402
 console = Console(width=170)
 GATEWAY_STAGES = ("decode", "preprocess", "queue", "infer", "postprocess", "total")
 TRITON_STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
-MODES = ("off", "on")  # VG_GATEWAY_REDUCED_DECODE
+MODES = ("off", "on")  # VG_GATEWAY_REDUCED_DECODE and VG_GATEWAY_SIMPLEJPEG_FULL_DECODE
 TARGETS = {256: {"overhead_ms": ("<=", 8.0), "c4_vs_in_process": (">=", 0.75)},
            640: {"c4_vs_in_process": (">=", 1.0), "c1_p50_vs_in_process": ("<=", 1.15)}}
 # A sample's part of the gateway: the deepest frame whose file (as py-spy names it: the path
@@ -134,7 +137,7 @@ def in_process_window(image: bytes, imgsz: int, run, duration: float, reduced: b
     stop = time.perf_counter() + duration
     while time.perf_counter() < stop:
         t0 = time.perf_counter()
-        decoded = decode_image(image, 10**9, imgsz if reduced else 0)
+        decoded = decode_image(image, 10**9, imgsz if reduced else 0, simplejpeg_full=reduced)
         t1 = time.perf_counter()
         rgb, _ = letterbox(decoded.image, imgsz, 32, (decoded.height, decoded.width),
                            decoded.reduction)
@@ -184,13 +187,14 @@ def mean(xs) -> float:
 
 def start_second_gateway(settings: Settings, supervisor: Supervisor, tokens: dict[str, str],
                          reduced: bool) -> str:
-    """Another gateway beside `up`'s, the same in all but VG_GATEWAY_REDUCED_DECODE."""
+    """Another gateway beside `up`'s, the same in all but its JPEG decode settings."""
     from control_plane.stack.supervisor import wait_http_ok
     from tests.conftest import free_ports
 
     (port,) = free_ports(1)
     env = {**gateway_env(settings, tokens["gateway"], tokens["internal"]),
-           "VG_GATEWAY_REDUCED_DECODE": "1" if reduced else "0"}
+           "VG_GATEWAY_REDUCED_DECODE": "1" if reduced else "0",
+           "VG_GATEWAY_SIMPLEJPEG_FULL_DECODE": "1" if reduced else "0"}
     child = supervisor.start("gateway-reduced",
                              gateway_command(replace(settings, gateway_port=port)), env,
                              on_exit=lambda c: release_gateway_regions(settings, c.proc.pid))
@@ -286,17 +290,20 @@ def measure_size(args, imgsz: int, image: bytes) -> dict:
                        for n in args.levels} for m in MODES}
         with Supervisor(settings.runtime_dir / "logs") as supervisor:
             with console.status(f"starting Triton and two gateways ({imgsz} px)"):
-                # `up`'s gateway with the reduced decode off (its children inherit os.environ).
-                previous = os.environ.get("VG_GATEWAY_REDUCED_DECODE")
-                os.environ["VG_GATEWAY_REDUCED_DECODE"] = "0"
+                # `up`'s gateway decoding as the predictor does (its children inherit
+                # os.environ).
+                names = ("VG_GATEWAY_REDUCED_DECODE", "VG_GATEWAY_SIMPLEJPEG_FULL_DECODE")
+                previous = {n: os.environ.get(n) for n in names}
+                os.environ.update({n: "0" for n in names})
                 try:
                     tokens = local_tokens(settings)
                     start_stack(settings, supervisor, tokens)
                 finally:
-                    if previous is None:
-                        del os.environ["VG_GATEWAY_REDUCED_DECODE"]
-                    else:
-                        os.environ["VG_GATEWAY_REDUCED_DECODE"] = previous
+                    for n, value in previous.items():
+                        if value is None:
+                            del os.environ[n]
+                        else:
+                            os.environ[n] = value
                 urls = {"off": f"http://{settings.host}:{settings.gateway_port}",
                         "on": start_second_gateway(settings, supervisor, tokens, reduced=True)}
             with Progress(console=console, transient=True) as progress:
@@ -315,7 +322,7 @@ def measure_size(args, imgsz: int, image: bytes) -> dict:
                             progress.advance(task)
             profile = None
             if args.profile_s > 0:
-                with console.status(f"profiling the reduced-decode gateway at c=1 ({imgsz} px)"):
+                with console.status(f"profiling the default-decode gateway at c=1 ({imgsz} px)"):
                     pid = next(c.proc.pid for c in supervisor.children
                                if c.name == "gateway-reduced")
                     profile = profile_gateway(pid, urls["on"], image, args.profile_s)
@@ -384,7 +391,7 @@ def print_size(result: dict) -> None:
     cols = [(m, n) for n in levels for m in MODES]
     table = Table(title=f"{result['imgsz']} px (input {result['input_hw'][0]}x"
                         f"{result['input_hw'][1]}; reduced decode: 1/{result['reduction']}): "
-                        "mean ms per request by stage, reduced decode off | on")
+                        "mean ms per request by stage, decode off (OpenCV in full) | on (defaults)")
     table.add_column("stage")
     for m in MODES:
         table.add_column(f"in-process {m}", justify="right")
@@ -433,7 +440,7 @@ def print_profile(result: dict) -> None:
     if "skipped" in profile:
         console.print(f"profile ({result['imgsz']} px): skipped: {profile['skipped']}")
         return
-    title = (f"{result['imgsz']} px, reduced decode on, c=1: the gateway process's samples "
+    title = (f"{result['imgsz']} px, default decode (on), c=1: the gateway process's samples "
              f"(py-spy, {profile['rate_hz']} Hz, {profile['requests']} requests, p50 "
              f"{profile['p50_ms']:.2f} ms), ms per request; working "
              f"{profile['working_ms_per_request']:.2f}, waiting "
@@ -450,7 +457,7 @@ def print_profile(result: dict) -> None:
 
 def print_targets(results: list[dict]) -> None:
     table = Table(title="Issue 17 targets (in-process = the model + NMS on the served runtime)")
-    for column in ("size", "metric", "target", "reduced decode off", "reduced decode on"):
+    for column in ("size", "metric", "target", "decode off (OpenCV)", "decode on (defaults)"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for r in results:
         by_metric: dict[str, dict[str, dict]] = {}

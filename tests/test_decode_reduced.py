@@ -157,9 +157,10 @@ async def test_the_shadows_letterbox_of_a_reduced_image_gives_the_champions_boxe
     np.testing.assert_array_equal(to_original(shadow[:, :4], geo), d.boxes)
 
 
-def test_the_exif_orientation_is_read_only_for_a_reduced_decode(monkeypatch):
-    """A quarter turn keeps the longer side, so only a reduced decode's expected shape needs
-    the orientation; a JPEG decoded in full leaves it to OpenCV and skips Pillow's EXIF parse."""
+def test_the_exif_orientation_is_read_only_when_the_jpeg_has_exif(monkeypatch):
+    """Reduced or in full, the orientation is parsed once when the JPEG carries EXIF (a reduced
+    decode's expected shape needs it; a full decode applies it to simplejpeg's pixels), and not
+    at all when it carries none."""
     reads = []
     real = Image.Image.getexif
     monkeypatch.setattr(Image.Image, "getexif", lambda self: reads.append(1) or real(self))
@@ -172,8 +173,12 @@ def test_the_exif_orientation_is_read_only_for_a_reduced_decode(monkeypatch):
     reads.clear()
     full = decode_image(buffer.getvalue(), 10**8, 640)  # 1080 < 2 x 640: in full
     assert (full.width, full.height, full.reduction) == (1080, 810, 1)
-    assert len(reads) <= pillows_own
+    assert len(reads) == pillows_own + 1
     reads.clear()
     reduced = decode_image(buffer.getvalue(), 10**8, 256)
     assert (reduced.width, reduced.height, reduced.reduction) == (1080, 810, 4)
     assert len(reads) == pillows_own + 1
+    reads.clear()
+    plain = decode_image(jpeg(rectangles()), 10**8, 640)
+    assert (plain.width, plain.height) == (810, 1080)
+    assert reads == []  # no EXIF: neither Pillow nor decode_image parses one

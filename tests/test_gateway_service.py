@@ -231,9 +231,9 @@ async def test_a_lone_small_image_is_decoded_on_the_event_loop_only_when_the_set
     where: list[str] = []
     loop_thread = threading.get_ident()
 
-    def decode_image(*args):
+    def decode_image(*args, **kwargs):
         where.append("loop" if threading.get_ident() == loop_thread else "worker")
-        return real(*args)
+        return real(*args, **kwargs)
 
     real = detection.decode_image
     monkeypatch.setattr(detection, "decode_image", decode_image)

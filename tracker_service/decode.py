@@ -2,7 +2,13 @@
 
 The header is read first (Pillow opens lazily), so the type and the pixel count are checked
 before a single pixel is decoded: a decompression bomb costs a header parse, not gigabytes.
-Pixels are decoded by OpenCV, as Ultralytics' predictor does, so detections match it exactly.
+Pixels are decoded as Ultralytics' predictor decodes them (OpenCV: libjpeg-turbo, accurate
+DCT, fancy upsampling), so detections match it exactly. A JPEG decoded in full goes through
+simplejpeg (libjpeg-turbo 3 in its wheel, MIT), whose pixels are bit-identical to OpenCV's and
+come 2.3x sooner: bus.jpg (810x1080) in 2.8 ms instead of 6.5 (2-core EPYC; OpenCV's full decode
+is the slow one, its reduced decodes are not). OpenCV's EXIF orientation is applied the same
+way here (`orient`); what simplejpeg cannot decode (CMYK, a corrupt or truncated stream) goes to
+OpenCV, which decodes or rejects it as before.
 
 A JPEG much larger than the model's input is decoded at 1/2, 1/4 or 1/8 scale instead
 (libjpeg-turbo's DCT scaling, OpenCV's IMREAD_REDUCED_COLOR_*), the largest reduction that keeps
@@ -22,6 +28,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import simplejpeg
 from PIL import ExifTags, Image
 
 from tracker_service.errors import PayloadTooLarge, UndecodableImage, UnsupportedMediaType
@@ -97,17 +104,47 @@ def read_header(data: bytes, max_pixels: int) -> Header:
     return Header(opened, fmt, width, height)
 
 
+def orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """The EXIF orientation applied as OpenCV's imdecode applies it (flips and a transpose)."""
+    if orientation in QUARTER_TURNS:
+        image = cv2.transpose(image)
+    flip = {2: 1, 3: -1, 4: 0, 6: 1, 7: -1, 8: 0}.get(orientation)
+    return image if flip is None else cv2.flip(image, flip)
+
+
+def _full_jpeg(data: bytes, header: Header) -> np.ndarray | None:
+    """A JPEG decoded in full by simplejpeg, oriented; None where simplejpeg cannot decode it
+    (OpenCV then decodes or rejects it)."""
+    try:
+        image = simplejpeg.decode_jpeg(data, colorspace="BGR", fastdct=False,
+                                       fastupsample=False)
+    except ValueError:  # CMYK, corrupt or truncated data
+        return None
+    orientation = 1
+    if "exif" in header.opened.info:  # Pillow kept the raw EXIF while reading the header
+        try:
+            orientation = header.opened.getexif().get(ExifTags.Base.Orientation, 1)
+        except Exception:
+            return None
+    return orient(image, orientation)
+
+
 def decode_image(data: bytes, max_pixels: int, min_side: int = 0,
-                 header: Header | None = None) -> Decoded:
+                 header: Header | None = None, *, simplejpeg_full: bool = True) -> Decoded:
     """Decode JPEG/PNG/WebP bytes into BGR pixels; a JPEG at a reduced scale when its longer
-    side is at least twice `min_side` (0: always in full). `header`: read_header's, when the
-    caller has read it already."""
+    side is at least twice `min_side` (0: always in full), else in full through simplejpeg
+    (`simplejpeg_full`; False: OpenCV). `header`: read_header's, when the caller has read it
+    already."""
     header = header or read_header(data, max_pixels)
     width, height = header.width, header.height
     # The reduction depends on the longer side only, which a quarter turn keeps; the EXIF
-    # orientation (a parse of its own) matters only for a reduced decode's expected shape, so
-    # a JPEG decoded in full leaves it to OpenCV and skips reading it here.
+    # orientation is read for a reduced decode's expected shape, and for a full decode that
+    # simplejpeg does (OpenCV applies it itself).
     reduction = reduction_for(width, height, min_side) if header.format == "JPEG" else 1
+    if reduction == 1 and header.format == "JPEG" and simplejpeg_full:
+        image = _full_jpeg(data, header)
+        if image is not None:
+            return Decoded(image, image.shape[1], image.shape[0])
     if reduction > 1:
         try:
             orientation = header.opened.getexif().get(ExifTags.Base.Orientation, 1)
@@ -124,5 +161,5 @@ def decode_image(data: bytes, max_pixels: int, min_side: int = 0,
         return Decoded(image, image.shape[1], image.shape[0])
     expected = (-(-height // reduction), -(-width // reduction))
     if image.shape[:2] != expected:  # not the scaled decode the header promised: decode in full
-        return decode_image(data, max_pixels, header=header)
+        return decode_image(data, max_pixels, header=header, simplejpeg_full=simplejpeg_full)
     return Decoded(image, width, height, reduction)

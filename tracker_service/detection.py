@@ -100,9 +100,10 @@ class Detections:
 
 
 def _prepare(data: bytes, max_pixels: int, imgsz: int, stride: int, reduced: bool,
-             header: Header | None = None):
+             header: Header | None = None, simplejpeg_full: bool = True):
     t0 = time.perf_counter()
-    decoded = decode_image(data, max_pixels, imgsz if reduced else 0, header)
+    decoded = decode_image(data, max_pixels, imgsz if reduced else 0, header,
+                           simplejpeg_full=simplejpeg_full)
     t1 = time.perf_counter()
     rgb, geo = letterbox(decoded.image, imgsz, stride, (decoded.height, decoded.width),
                          decoded.reduction)
@@ -148,7 +149,8 @@ class DetectionPipeline:
         header = None
         if s.inline_prepare_max_pending and self._pending <= s.inline_prepare_max_pending:
             header = read_header(data, s.max_pixels)  # a header parse: the size decides
-        args = (data, s.max_pixels, imgsz, info.stride, s.reduced_decode, header)
+        args = (data, s.max_pixels, imgsz, info.stride, s.reduced_decode, header,
+                s.simplejpeg_full_decode)
         if header is not None and header.pixels <= s.inline_prepare_max_pixels:
             decoded, rgb, geo, t_decode, t_pre, t_prepared = _prepare(*args)
         else:
