@@ -417,25 +417,10 @@ class Runtime:
         packages. The bundle's numpy 1.26 is for Triton's python stub alone: the machine's
         scipy (the trackers' assignment) needs its own numpy 2 (np.long; seen on the H200)."""
         env = dict(base)
-        paths = [str(ROOT), *([str(self.machine_numpy())] if self.site else []),
-                 *([str(self.site)] if self.site else []), env.get("PYTHONPATH", "")]
+        bundle = [str(self.site.parent / "machine-numpy"), str(self.site)] if self.site else []
+        paths = [str(ROOT), *bundle, env.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         return env
-
-    def machine_numpy(self) -> Path:
-        """A folder holding only links to the machine's numpy (and its numpy.libs): first on a
-        gateway's path, it hides the bundle's numpy and nothing else."""
-        folder = self.site.parent / "machine-numpy"
-        if not folder.exists():
-            pth = next(Path(sys.prefix).glob("lib/python*/site-packages/vg_gpu_bundle.pth"))
-            own = [Path(line) for line in pth.read_text().splitlines()[1:] if line]
-            source = next((d for d in own if (d / "numpy" / "__init__.py").exists()), None)
-            folder.mkdir()
-            if source is not None:
-                for name in ("numpy", "numpy.libs"):
-                    if (source / name).exists():
-                        (folder / name).symlink_to(source / name)
-        return folder
 
     def perf_env(self) -> dict[str, str]:
         from control_plane.perf.analyzer import perf_environment
@@ -478,6 +463,14 @@ def use_bundle(bundle: Path) -> Runtime:
                          / "site-packages")
         (site_packages / "vg_gpu_bundle.pth").write_text(
             "\n".join([str(root / "site"), *own]) + "\n")
+        # Links to this interpreter's own numpy alone, for the gateway's path (Runtime.child_env):
+        # it hides the bundle's numpy 1.26 from the gateway and nothing else.
+        (root / "machine-numpy").mkdir()
+        source = next((Path(d) for d in own if (Path(d) / "numpy" / "__init__.py").exists()),
+                      None)
+        for name in ("numpy", "numpy.libs") if source else ():
+            if (source / name).exists():
+                (root / "machine-numpy" / name).symlink_to(source / name)
         (root / ".complete").touch()
     python = venv / "bin" / "python"
     os.execv(python, [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
@@ -494,29 +487,22 @@ def local_libpython(version: str) -> Path | None:
 
 
 def find_libpython(runtime: Runtime, timeout_s: float = 20) -> tuple[Path | None, str]:
-    """The folder holding this interpreter's libpython (the python backend stub links it):
-    where sysconfig says, the base prefix, the loader's cache, a bounded search of /usr, /opt
-    and /root, and last the bundle's fallback (another patch release of the same minor version,
-    so only when the machine has none). Returns the folder and how it was found."""
+    """The folder holding this interpreter's libpython where the stub's loader misses it: the
+    loader already tries its own paths and sysconfig's LIBDIR (triton_server.server_environment),
+    so this looks under the base prefix, then a bounded search of /usr, /opt and /root, and last
+    takes the bundle's fallback (another patch release of the same minor version, so only when
+    the machine has none). Returns the folder and how it was found."""
     name = f"libpython{sys.version_info.major}.{sys.version_info.minor}.so.1.0"
-    for label, folder in (("sysconfig LIBDIR", sysconfig.get_config_var("LIBDIR")),
-                          ("base prefix", str(Path(sys.base_prefix) / "lib")),
-                          ("system", "/usr/lib/x86_64-linux-gnu")):
-        if folder and (Path(folder) / name).is_file():
-            return Path(folder), f"{label}: {Path(folder) / name}"
+    base = Path(sys.base_prefix) / "lib"
+    if (base / name).is_file():
+        return base, f"base prefix: {base / name}"
     try:
-        cache = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True,
-                               timeout=10).stdout
-        for line in cache.splitlines():
-            if line.strip().startswith(name) and "=>" in line:
-                path = Path(line.split("=>")[1].strip())
-                return path.parent, f"ldconfig: {path}"
         found = subprocess.run(["find", "/usr", "/opt", "/root", "-xdev", "-name", name],
                                capture_output=True, text=True, timeout=timeout_s).stdout.split()
-        if found:
-            return Path(found[0]).parent, f"found: {found[0]}"
     except (OSError, subprocess.TimeoutExpired):
-        pass
+        found = []
+    if found:
+        return Path(found[0]).parent, f"found: {found[0]}"
     if runtime.lib and (runtime.lib / "fallback" / name).is_file():
         source = runtime.manifest.get("fallback_libpython")
         return runtime.lib / "fallback", f"the bundle's fallback ({source}): the machine has none"

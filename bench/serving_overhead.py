@@ -25,10 +25,10 @@ conversion. The breakdown uses means (Triton's statistics are means, and means a
 latency p50 and throughput are medians of windows.
 
 Where the gateway's own CPU goes (--profile-s, default 8; 0 skips it): after the rounds, py-spy
-(`pip install py-spy`, MIT) samples the default-decode ("on") gateway during a concurrency-1 window,
-and its stacks are summed by part (JPEG decode, letterbox, Litestar, uvicorn, spans, metrics,
-the request log line, the gRPC client, drift features, ...: the deepest frame that names one
-decides) and by function, in milliseconds per request. Samples where a thread waits (the event
+(`pip install py-spy`, MIT) samples the default-decode ("on") gateway during a concurrency-1
+window, and its stacks are summed by part (JPEG decode, letterbox, Litestar, uvicorn, spans,
+metrics, the request log line, the gRPC client, drift features, ...: the deepest frame that names
+one decides) and by function, in milliseconds per request. Samples where a thread waits (the event
 loop polling, a worker thread idle, the gRPC call in flight) are counted apart, not as work.
 
 "In-process" in the targets is the issue's: the model + NMS on the served runtime, measured in
@@ -54,6 +54,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from unittest.mock import patch
 
 import httpx
 import numpy as np
@@ -185,16 +186,20 @@ def mean(xs) -> float:
     return float(np.mean(xs)) if len(xs) else float("nan")
 
 
-def start_second_gateway(settings: Settings, supervisor: Supervisor, tokens: dict[str, str],
-                         reduced: bool) -> str:
-    """Another gateway beside `up`'s, the same in all but its JPEG decode settings."""
+def decode_env(on: bool) -> dict[str, str]:
+    """A gateway's JPEG decode settings: the defaults ("on") or the predictor's ("off")."""
+    return {name: "1" if on else "0"
+            for name in ("VG_GATEWAY_REDUCED_DECODE", "VG_GATEWAY_SIMPLEJPEG_FULL_DECODE")}
+
+
+def start_second_gateway(settings: Settings, supervisor: Supervisor,
+                         tokens: dict[str, str]) -> str:
+    """Another gateway beside `up`'s, the same in all but its JPEG decode: the defaults."""
     from control_plane.stack.supervisor import wait_http_ok
     from tests.conftest import free_ports
 
     (port,) = free_ports(1)
-    env = {**gateway_env(settings, tokens["gateway"], tokens["internal"]),
-           "VG_GATEWAY_REDUCED_DECODE": "1" if reduced else "0",
-           "VG_GATEWAY_SIMPLEJPEG_FULL_DECODE": "1" if reduced else "0"}
+    env = {**gateway_env(settings, tokens["gateway"], tokens["internal"]), **decode_env(True)}
     child = supervisor.start("gateway-reduced",
                              gateway_command(replace(settings, gateway_port=port)), env,
                              on_exit=lambda c: release_gateway_regions(settings, c.proc.pid))
@@ -292,20 +297,11 @@ def measure_size(args, imgsz: int, image: bytes) -> dict:
             with console.status(f"starting Triton and two gateways ({imgsz} px)"):
                 # `up`'s gateway decoding as the predictor does (its children inherit
                 # os.environ).
-                names = ("VG_GATEWAY_REDUCED_DECODE", "VG_GATEWAY_SIMPLEJPEG_FULL_DECODE")
-                previous = {n: os.environ.get(n) for n in names}
-                os.environ.update({n: "0" for n in names})
-                try:
+                with patch.dict(os.environ, decode_env(False)):
                     tokens = local_tokens(settings)
                     start_stack(settings, supervisor, tokens)
-                finally:
-                    for n, value in previous.items():
-                        if value is None:
-                            del os.environ[n]
-                        else:
-                            os.environ[n] = value
                 urls = {"off": f"http://{settings.host}:{settings.gateway_port}",
-                        "on": start_second_gateway(settings, supervisor, tokens, reduced=True)}
+                        "on": start_second_gateway(settings, supervisor, tokens)}
             with Progress(console=console, transient=True) as progress:
                 task = progress.add_task(f"{imgsz} px", total=args.rounds * 2 * (
                     1 + len(args.levels)))
@@ -391,7 +387,8 @@ def print_size(result: dict) -> None:
     cols = [(m, n) for n in levels for m in MODES]
     table = Table(title=f"{result['imgsz']} px (input {result['input_hw'][0]}x"
                         f"{result['input_hw'][1]}; reduced decode: 1/{result['reduction']}): "
-                        "mean ms per request by stage, decode off (OpenCV in full) | on (defaults)")
+                        "mean ms per request by stage, decode off (OpenCV in full) | on "
+                        "(defaults)")
     table.add_column("stage")
     for m in MODES:
         table.add_column(f"in-process {m}", justify="right")

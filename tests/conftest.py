@@ -131,20 +131,18 @@ def run_up(env: dict[str, str], log: Path, timeout_s: float = 240):
         time.sleep(0.1)
     try:
         yield Stack(settings, env, proc, url)
-    except BaseException:
-        # The body failed (a fixture's set-up after the stack started, say): stop the stack
-        # anyway, or its processes outlive the run, then let the failure through.
+    finally:
+        # Ctrl-C, also when the body failed (a fixture's set-up after the stack started, say):
+        # the stack's processes never outlive the run.
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(timeout=60)
+            code = proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
-        raise
-    # Ctrl-C stops Triton, its python-backend stubs, the control plane, the gateway and MLflow:
-    # nothing keeps the ports.
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=60) == 0, log.read_text()
+            code = proc.wait()
+    # Ctrl-C stops Triton, its python-backend stubs, the control plane, the gateway and MLflow
+    # in time: nothing keeps the ports.
+    assert code == 0, log.read_text()
     ports = [settings.triton_http_port, settings.triton_grpc_port, settings.gateway_port,
              settings.control_port] + ([settings.mlflow_ui_port] if settings.mlflow_ui_port else [])
     for port in ports:
@@ -242,8 +240,8 @@ def _detector_training(request, tmp_path_factory):
     starts, in a process of its own that takes the cores the tests leave idle, when a
     selected test needs it: the tests before the first of those (most of the suite, see
     pytest_collection_modifyitems) run meanwhile. With pytest-xdist the first worker to get
-    here starts it and the others wait for the same one. Trained inside the first test that needed it, it took 267 s of a
-    25-minute CI run while the suite used 1.2 cores on average."""
+    here starts it and the others wait for the same one. Trained inside the first test that
+    needed it, it took 267 s of a 25-minute CI run while the suite used 1.2 cores on average."""
     if not _needs_training(request.session):
         yield None
         return

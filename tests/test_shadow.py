@@ -320,8 +320,11 @@ def test_shadow_compares_in_the_background_and_stop_unloads(shadowed, stack, bus
     request.addfinalizer(lambda: stop_if_shadowed(promoter, settings, release, same))
     assert result["routing"]["shadow"] == same and result["routing"]["shadow_percent"] == 100
     assert [s["step"] for s in result["steps"]] == ["load"]
-    wait_for(lambda: (lambda r: (r["shadow"], r["shadow_percent"]))(
-        served_routing(settings, release)) == (same, 100), "the routing")
+    def shadow_routing() -> tuple:
+        routing = served_routing(settings, release)
+        return routing["shadow"], routing["shadow_percent"]
+
+    wait_for(lambda: shadow_routing() == (same, 100), "the routing")
     gateway_follows(settings, release)
     post_images(stack.gateway_url, images, champion)
     m = wait_for(lambda: (m := shadow_metrics(stack.gateway_url, same)).get(

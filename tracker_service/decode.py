@@ -7,7 +7,7 @@ DCT, fancy upsampling), so detections match it exactly. A JPEG decoded in full g
 simplejpeg (libjpeg-turbo 3 in its wheel, MIT), whose pixels are bit-identical to OpenCV's and
 come 2.3x sooner: bus.jpg (810x1080) in 2.8 ms instead of 6.5 (2-core EPYC; OpenCV's full decode
 is the slow one, its reduced decodes are not). OpenCV's EXIF orientation is applied the same
-way here (`orient`); what simplejpeg cannot decode (CMYK, a corrupt or truncated stream) goes to
+way here (`orient`); what simplejpeg cannot decode (a corrupt or truncated stream) goes to
 OpenCV, which decodes or rejects it as before.
 
 A JPEG much larger than the model's input is decoded at 1/2, 1/4 or 1/8 scale instead
@@ -112,20 +112,28 @@ def orient(image: np.ndarray, orientation: int) -> np.ndarray:
     return image if flip is None else cv2.flip(image, flip)
 
 
+def exif_orientation(header: Header) -> int | None:
+    """The EXIF orientation (1 without EXIF: Pillow keeps the raw EXIF while reading the
+    header, so a JPEG without one costs no parse); None when the EXIF cannot be read."""
+    if "exif" not in header.opened.info:
+        return 1
+    try:
+        return header.opened.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:
+        return None
+
+
 def _full_jpeg(data: bytes, header: Header) -> np.ndarray | None:
     """A JPEG decoded in full by simplejpeg, oriented; None where simplejpeg cannot decode it
-    (OpenCV then decodes or rejects it)."""
+    or its EXIF cannot be read (OpenCV then decodes or rejects it)."""
+    orientation = exif_orientation(header)
+    if orientation is None:
+        return None
     try:
         image = simplejpeg.decode_jpeg(data, colorspace="BGR", fastdct=False,
                                        fastupsample=False)
-    except ValueError:  # CMYK, corrupt or truncated data
+    except ValueError:  # corrupt or truncated data
         return None
-    orientation = 1
-    if "exif" in header.opened.info:  # Pillow kept the raw EXIF while reading the header
-        try:
-            orientation = header.opened.getexif().get(ExifTags.Base.Orientation, 1)
-        except Exception:
-            return None
     return orient(image, orientation)
 
 
@@ -146,10 +154,9 @@ def decode_image(data: bytes, max_pixels: int, min_side: int = 0,
         if image is not None:
             return Decoded(image, image.shape[1], image.shape[0])
     if reduction > 1:
-        try:
-            orientation = header.opened.getexif().get(ExifTags.Base.Orientation, 1)
-        except Exception:
-            raise UndecodableImage("bytes are not a decodable image") from None
+        orientation = exif_orientation(header)
+        if orientation is None:
+            raise UndecodableImage("bytes are not a decodable image")
         if orientation in QUARTER_TURNS:
             width, height = height, width
     buffer = np.frombuffer(data, np.uint8)
