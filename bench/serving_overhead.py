@@ -24,6 +24,13 @@ loop) + decode + letterbox + slot wait + Triton call + post-processing; Triton c
 conversion. The breakdown uses means (Triton's statistics are means, and means add up);
 latency p50 and throughput are medians of windows.
 
+The load generator (--client): "keepalive" (default), one HTTP/1.1 connection per concurrent
+client with httptools parsing the responses (bench/gateway_load.py's KeepAliveClient), or "httpx"
+(what these benches used before; about a millisecond of the client's own CPU per request, on the
+same cores as the gateway). Client latency includes the client's own work, so the cheaper one
+measures the gateway more closely; the other one is measured beside it in every round (the
+default gateway at c=1) and printed as "the load generator's share".
+
 Where the gateway's own CPU goes (--profile-s, default 8; 0 skips it): after the rounds, py-spy
 (`pip install py-spy`, MIT) samples the default-decode ("on") gateway during a concurrency-1
 window, and its stacks are summed by part (JPEG decode, letterbox, Litestar, uvicorn, spans,
@@ -65,7 +72,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.gateway_load import gateway_level  # noqa: E402
+from bench.gateway_load import CLIENTS, gateway_level  # noqa: E402
 from bench.machine import cpu_model  # noqa: E402
 from control_plane.settings import Settings  # noqa: E402
 from control_plane.stack.supervisor import Supervisor  # noqa: E402
@@ -208,9 +215,11 @@ def start_second_gateway(settings: Settings, supervisor: Supervisor,
     return url
 
 
-def gateway_window(url: str, image: bytes, n: int, args, settings: Settings, into: dict) -> None:
+def gateway_window(url: str, image: bytes, n: int, args, settings: Settings, into: dict,
+                   client: str | None = None) -> None:
     before = triton_stats(settings)
-    w = asyncio.run(gateway_level(url, image, n, args.window, args.warmup, timings=True))
+    w = asyncio.run(gateway_level(url, image, n, args.window, args.warmup, timings=True,
+                                  client=client or args.client))
     after = triton_stats(settings)
     into["latency"] += [seconds * 1000 for seconds in w["latencies"]]
     into["rates"].append(w["images_per_s"])
@@ -221,7 +230,8 @@ def gateway_window(url: str, image: bytes, n: int, args, settings: Settings, int
     into["triton"].append(per_request_ms(before, after))
 
 
-def profile_gateway(pid: int, url: str, image: bytes, seconds: float, rate: int = 250) -> dict:
+def profile_gateway(pid: int, url: str, image: bytes, seconds: float, client: str,
+                    rate: int = 250) -> dict:
     """Sample the gateway process with py-spy during a concurrency-1 window: per part and per
     function, milliseconds of samples per request (all threads, waits apart)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -234,7 +244,7 @@ def profile_gateway(pid: int, url: str, image: bytes, seconds: float, rate: int 
                                  "--output", str(raw), "--nonblocking"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(1.0)  # attached before the window starts
-        window = asyncio.run(gateway_level(url, image, 1, seconds, 0.0))
+        window = asyncio.run(gateway_level(url, image, 1, seconds, 0.0, client=client))
         _, err = proc.communicate(timeout=seconds + 60)
         if proc.returncode != 0 or not raw.exists():
             return {"skipped": f"py-spy failed: {err.decode(errors='replace')[-300:]}"}
@@ -290,9 +300,15 @@ def measure_size(args, imgsz: int, image: bytes) -> dict:
         for _ in range(3):
             run(rgb[None])
         inproc: dict[str, dict[str, list[float]]] = {m: {} for m in MODES}
-        gateway = {m: {n: {"latency": [], "rates": [], "errors": 0,
-                           "stages": {k: [] for k in GATEWAY_STAGES}, "triton": []}
-                       for n in args.levels} for m in MODES}
+        def series() -> dict:
+            return {"latency": [], "rates": [], "errors": 0,
+                    "stages": {k: [] for k in GATEWAY_STAGES}, "triton": []}
+
+        gateway = {m: {n: series() for n in args.levels} for m in MODES}
+        # The load generator's own share: the default gateway at c=1 also measured, in the same
+        # rounds, with the other client (keep-alive <-> httpx).
+        other_client = next(c for c in CLIENTS if c != args.client)
+        client_check = series()
         with Supervisor(settings.runtime_dir / "logs") as supervisor:
             with console.status(f"starting Triton and two gateways ({imgsz} px)"):
                 # `up`'s gateway decoding as the predictor does (its children inherit
@@ -303,8 +319,8 @@ def measure_size(args, imgsz: int, image: bytes) -> dict:
                 urls = {"off": f"http://{settings.host}:{settings.gateway_port}",
                         "on": start_second_gateway(settings, supervisor, tokens)}
             with Progress(console=console, transient=True) as progress:
-                task = progress.add_task(f"{imgsz} px", total=args.rounds * 2 * (
-                    1 + len(args.levels)))
+                task = progress.add_task(f"{imgsz} px", total=args.rounds * (
+                    2 * (1 + len(args.levels)) + 1))
                 for r in range(args.rounds):
                     order = MODES if r % 2 == 0 else MODES[::-1]
                     for m in order:
@@ -316,12 +332,16 @@ def measure_size(args, imgsz: int, image: bytes) -> dict:
                         for m in order:
                             gateway_window(urls[m], image, n, args, settings, gateway[m][n])
                             progress.advance(task)
+                    gateway_window(urls["on"], image, 1, args, settings, client_check,
+                                   other_client)
+                    progress.advance(task)
             profile = None
             if args.profile_s > 0:
                 with console.status(f"profiling the default-decode gateway at c=1 ({imgsz} px)"):
                     pid = next(c.proc.pid for c in supervisor.children
                                if c.name == "gateway-reduced")
-                    profile = profile_gateway(pid, urls["on"], image, args.profile_s)
+                    profile = profile_gateway(pid, urls["on"], image, args.profile_s,
+                                              args.client)
     base = inproc["off"]  # the model + NMS, whichever the decode
     in_p50, in_rate = median(base["model+nms"]), 1000 / mean(base["model+nms"])
     result = {"imgsz": imgsz, "input_hw": list(rgb.shape[:2]), "reduction": decoded.reduction,
@@ -331,7 +351,10 @@ def measure_size(args, imgsz: int, image: bytes) -> dict:
                              for m in MODES},
               "gateway": {m: {n: summarise(g, in_p50, in_rate) for n, g in gateway[m].items()}
                           for m in MODES},
-              "profile": profile}
+              "profile": profile,
+              "client": args.client,
+              "client_check": {"client": other_client, "concurrency": 1, "decode": "on",
+                               **summarise(client_check, in_p50, in_rate)}}
     off, on = result["gateway"]["off"], result["gateway"]["on"]
     result["on_vs_off"] = {n: {"images_per_s": on[n]["images_per_s"] / off[n]["images_per_s"],
                                "p50": on[n]["p50_ms"] / off[n]["p50_ms"]} for n in args.levels}
@@ -430,6 +453,21 @@ def print_size(result: dict) -> None:
     console.print(table)
 
 
+def print_client_check(result: dict) -> None:
+    """The default gateway at c=1 with each load generator, measured in the same rounds."""
+    if 1 not in result["gateway"]["on"]:
+        return
+    table = Table(title=f"{result['imgsz']} px, default decode, c=1: the load generator's share")
+    for column in ("client", "p50 ms", "overhead ms", "p50 / in-process", "images/s"):
+        table.add_column(column, justify="left" if column == "client" else "right")
+    rows = [(result["client"], result["gateway"]["on"][1]),
+            (result["client_check"]["client"], result["client_check"])]
+    for name, g in rows:
+        table.add_row(name, f"{g['p50_ms']:.2f}", f"{g['overhead_ms']:.2f}",
+                      f"{g['p50_vs_in_process']:.2f}", f"{g['images_per_s']:.1f}")
+    console.print(table)
+
+
 def print_profile(result: dict) -> None:
     profile = result["profile"]
     if not profile:
@@ -483,6 +521,8 @@ def main() -> None:
     parser.add_argument("--weights", default="yolov8n.yaml")
     parser.add_argument("--runtime", default="openvino", choices=["openvino", "onnxruntime"])
     parser.add_argument("--threads", type=int, default=2, help="the model's intra-op threads")
+    parser.add_argument("--client", default="keepalive", choices=CLIENTS,
+                        help="the load generator (the other one is measured at c=1 beside it)")
     parser.add_argument("--image", type=Path,
                         default=Path(ultralytics.__file__).parent / "assets" / "bus.jpg")
     parser.add_argument("--out", type=Path,
@@ -493,10 +533,12 @@ def main() -> None:
     results = {"machine": {"processor": cpu_model(), "architecture": platform.machine(),
                            "cpus": os.cpu_count(), "python": platform.python_version()},
                "image": args.image.name, "weights": args.weights, "runtime": args.runtime,
-               "rounds": args.rounds, "window_s": args.window, "sizes": []}
+               "rounds": args.rounds, "window_s": args.window, "client": args.client,
+               "sizes": []}
     for size in (int(s) for s in args.sizes.split(",")):
         result = measure_size(args, size, image)
         print_size(result)
+        print_client_check(result)
         print_profile(result)
         results["sizes"].append(result)
     print_targets(results["sizes"])
