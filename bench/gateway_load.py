@@ -1,6 +1,7 @@
 """Gateway load against in-process baselines, measured in one run on one machine.
 
-    python bench/gateway_load.py [--concurrency 1,2,4,8] [--rounds 5 --window 4] [--runtime ...]
+    python bench/gateway_load.py [--concurrency 1,2,4,8] [--rounds 5 --window 4] [--imgsz 640]
+                                  [--runtime ...]
 
 Starts Triton and the gateway (as `visionguard up` does) on a scratch model repository, then
 for each concurrency level N runs N clients posting the same JPEG for a fixed time. Beside it,
@@ -38,6 +39,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import cpu_model  # noqa: E402
 from control_plane.stack.up import start_stack  # noqa: E402
 from control_plane.stack.supervisor import Supervisor  # noqa: E402
 from control_plane.settings import Settings  # noqa: E402
@@ -202,12 +204,12 @@ def onnxruntime_baseline(onnx_path: Path, tensor: np.ndarray):
     return lambda: session.run(None, feed)
 
 
-def ultralytics_baseline(weights: str, image_path: Path):
+def ultralytics_baseline(weights: str, image_path: Path, imgsz: int = 640):
     """What a user would deploy instead: predict() on the JPEG (decode, letterbox, torch, NMS)."""
     from export.onnx_export import load_yolo
 
     yolo = load_yolo(weights)
-    return lambda: yolo.predict(str(image_path), verbose=False)
+    return lambda: yolo.predict(str(image_path), imgsz=imgsz, verbose=False)
 
 
 def summarise(windows: list[dict]) -> dict:
@@ -238,6 +240,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds before a window")
     parser.add_argument("--weights", default="yolov8n.yaml")
+    parser.add_argument("--imgsz", type=int, default=640,
+                        help="the model's input size (`up`'s bootstrap model: 256)")
     parser.add_argument("--allow-spinning", action="store_true",
                         help="let Triton's onnxruntime threads spin (export option)")
     parser.add_argument("--intra-op-threads", type=int, default=2)
@@ -257,22 +261,26 @@ def main() -> None:
         http, grpc, metrics, gw = free_ports(4)
         settings = replace(Settings(), model_repository=Path(tmp) / "repo",
                            runtime_dir=Path(tmp) / "runtime", triton_http_port=http,
-                           triton_grpc_port=grpc, triton_metrics_port=metrics, gateway_port=gw)
-        with console.status(f"exporting {args.weights}"):
+                           triton_grpc_port=grpc, triton_metrics_port=metrics, gateway_port=gw,
+                           imgsz=args.imgsz)
+        with console.status(f"exporting {args.weights} at {args.imgsz}"):
             exported = export_to_repository(args.weights, settings.model_repository, version=1,
+                                            imgsz=args.imgsz,
                                             allow_spinning=args.allow_spinning,
                                             intra_op_threads=args.intra_op_threads,
                                             runtime=args.runtime)
         rgb, _ = letterbox(cv2.imread(str(args.image)), settings.imgsz, 32)
         console.print(f"image {args.image.name}: letterboxed input {rgb.shape[0]}x{rgb.shape[1]}")
 
-        results: dict = {"image": args.image.name, "input_hw": list(rgb.shape[:2]),
+        results: dict = {"machine": cpu_model(), "imgsz": args.imgsz,
+                         "image": args.image.name, "input_hw": list(rgb.shape[:2]),
                          "weights": args.weights, "window_s": args.window,
                          "rounds": args.rounds, "allow_spinning": args.allow_spinning,
                          "intra_op_threads": args.intra_op_threads, "runtime": args.runtime}
         with console.status("loading the in-process baselines"):
             baselines = {"onnxruntime": onnxruntime_baseline(exported.onnx_path, rgb),
-                         "ultralytics": ultralytics_baseline(args.weights, args.image)}
+                         "ultralytics": ultralytics_baseline(args.weights, args.image,
+                                                             args.imgsz)}
         windows: dict[str, list[dict]] = {k: [] for k in baselines}
         windows.update({f"c{n}": [] for n in levels})
         batches = {n: [0, 0] for n in levels}

@@ -136,6 +136,26 @@ def test_quantize_registers_an_int8_variant_of_its_parent(own, variant):
                and e["actor"] == "token:test-release" for e in audit)
 
 
+def test_the_variant_quantises_each_activation_with_its_convolution(own, variant, tmp_path):
+    """Each SiLU is one Swish in the IR (OpenVINO fuses it into the INT8 convolution before
+    it); read from ONNX unfused, it was a Sigmoid and a Mul that ran in floating point between
+    INT8 convolutions. The head's class Sigmoid is the one Sigmoid left, kept in FP32."""
+    import xml.etree.ElementTree as ET
+
+    from mlflow.tracking import MlflowClient
+
+    xml = MlflowClient(own.registry.store.tracking_uri).download_artifacts(
+        variant["run_id"], "model/model.xml", str(tmp_path))
+    layers = ET.parse(xml).getroot().iter("layer")
+    types = [(layer.get("type"), layer.get("name")) for layer in layers]
+    swish = [name for kind, name in types if kind == "Swish"]
+    sigmoid = [name for kind, name in types if kind == "Sigmoid"]
+    convolutions = [name for kind, name in types if kind == "Convolution"]
+    assert len(swish) >= len(convolutions) // 2, (len(swish), len(convolutions))
+    assert len(sigmoid) == 1 and "/model." in sigmoid[0], sigmoid
+    assert sum(kind == "FakeQuantize" for kind, _ in types) >= len(convolutions)
+
+
 @pytest.fixture(scope="module")
 def promoted(own, variant) -> dict:
     """The variant promoted through the release gates: Triton then serves it beside its
