@@ -58,10 +58,10 @@ def percentiles(latencies: list[float]) -> dict[str, float]:
 class KeepAliveClient:
     """One HTTP/1.1 keep-alive connection, responses parsed by httptools (the C parser uvicorn
     itself uses). The load generator for the gateway benches: httpx's AsyncClient spends
-    about a millisecond of the client's own CPU per request (measured against a no-op ASGI app
-    on the 2-core AMD EPYC: p50 1.0-1.1 ms a round trip against 0.2-0.4 ms for this one),
-    which the bench then counted as the gateway's overhead, and took from the cores the
-    gateway and Triton share at concurrency 4. One client per concurrent worker."""
+    about 0.6 ms more of the client's own CPU per request (against a no-op ASGI app on the
+    2-core AMD EPYC: p50 0.7-1.0 ms a round trip, this client 0.37-0.41 ms), which the bench
+    then counted as the gateway's overhead, and took from the cores the gateway and Triton
+    share at concurrency 4. One client per concurrent worker."""
 
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
