@@ -31,6 +31,11 @@ same cores as the gateway). Client latency includes the client's own work, so th
 measures the gateway more closely; the other one is measured beside it in every round (the
 default gateway at c=1) and printed as "the load generator's share".
 
+Several gateway processes (--workers-check N, default 2; 0 skips it): a third gateway, the
+defaults with N uvicorn worker processes on one port (each with its own shared-memory regions in
+the same Triton), measured at every concurrency in the same rounds and printed beside the
+one-process default gateway.
+
 Where the gateway's own CPU goes (--profile-s, default 8; 0 skips it): after the rounds, py-spy
 (`pip install py-spy`, MIT) samples the default-decode ("on") gateway during a concurrency-1
 window, and its stacks are summed by part (JPEG decode, letterbox, Litestar, uvicorn, spans,
@@ -200,15 +205,20 @@ def decode_env(on: bool) -> dict[str, str]:
 
 
 def start_second_gateway(settings: Settings, supervisor: Supervisor,
-                         tokens: dict[str, str]) -> str:
-    """Another gateway beside `up`'s, the same in all but its JPEG decode: the defaults."""
+                         tokens: dict[str, str], workers: int = 1,
+                         name: str = "gateway-reduced") -> str:
+    """Another gateway beside `up`'s, the same in all but its JPEG decode: the defaults; with
+    `workers` > 1, that many uvicorn worker processes on one port, each with its own shared
+    memory regions registered in the same Triton."""
     from control_plane.stack.supervisor import wait_http_ok
     from tests.conftest import free_ports
 
     (port,) = free_ports(1)
     env = {**gateway_env(settings, tokens["gateway"], tokens["internal"]), **decode_env(True)}
-    child = supervisor.start("gateway-reduced",
-                             gateway_command(replace(settings, gateway_port=port)), env,
+    command = gateway_command(replace(settings, gateway_port=port))
+    if workers > 1:
+        command += ["--workers", str(workers)]
+    child = supervisor.start(name, command, env,
                              on_exit=lambda c: release_gateway_regions(settings, c.proc.pid))
     url = f"http://{settings.host}:{port}"
     wait_http_ok(f"{url}/readyz", child.proc, settings.startup_timeout_s, child.name)
@@ -309,8 +319,11 @@ def measure_size(args, imgsz: int, image: bytes) -> dict:
         # rounds, with the other client (keep-alive <-> httpx).
         other_client = next(c for c in CLIENTS if c != args.client)
         client_check = series()
+        # A lever of the issue's: several gateway processes sharing Triton's shared memory, as
+        # a third gateway (the defaults, `--workers-check` processes) in the same rounds.
+        workers_check = {n: series() for n in args.levels}
         with Supervisor(settings.runtime_dir / "logs") as supervisor:
-            with console.status(f"starting Triton and two gateways ({imgsz} px)"):
+            with console.status(f"starting Triton and the gateways ({imgsz} px)"):
                 # `up`'s gateway decoding as the predictor does (its children inherit
                 # os.environ).
                 with patch.dict(os.environ, decode_env(False)):
@@ -318,9 +331,13 @@ def measure_size(args, imgsz: int, image: bytes) -> dict:
                     start_stack(settings, supervisor, tokens)
                 urls = {"off": f"http://{settings.host}:{settings.gateway_port}",
                         "on": start_second_gateway(settings, supervisor, tokens)}
+                if args.workers_check > 1:
+                    urls["workers"] = start_second_gateway(
+                        settings, supervisor, tokens, args.workers_check, "gateway-workers")
             with Progress(console=console, transient=True) as progress:
+                per_level = 2 + ("workers" in urls)
                 task = progress.add_task(f"{imgsz} px", total=args.rounds * (
-                    2 * (1 + len(args.levels)) + 1))
+                    2 + per_level * len(args.levels) + 1))
                 for r in range(args.rounds):
                     order = MODES if r % 2 == 0 else MODES[::-1]
                     for m in order:
@@ -331,6 +348,10 @@ def measure_size(args, imgsz: int, image: bytes) -> dict:
                     for n in args.levels:
                         for m in order:
                             gateway_window(urls[m], image, n, args, settings, gateway[m][n])
+                            progress.advance(task)
+                        if "workers" in urls:
+                            gateway_window(urls["workers"], image, n, args, settings,
+                                           workers_check[n])
                             progress.advance(task)
                     gateway_window(urls["on"], image, 1, args, settings, client_check,
                                    other_client)
@@ -354,7 +375,11 @@ def measure_size(args, imgsz: int, image: bytes) -> dict:
               "profile": profile,
               "client": args.client,
               "client_check": {"client": other_client, "concurrency": 1, "decode": "on",
-                               **summarise(client_check, in_p50, in_rate)}}
+                               **summarise(client_check, in_p50, in_rate)},
+              "workers_check": None if args.workers_check < 2 else {
+                  "workers": args.workers_check, "decode": "on",
+                  "levels": {n: summarise(g, in_p50, in_rate)
+                             for n, g in workers_check.items()}}}
     off, on = result["gateway"]["off"], result["gateway"]["on"]
     result["on_vs_off"] = {n: {"images_per_s": on[n]["images_per_s"] / off[n]["images_per_s"],
                                "p50": on[n]["p50_ms"] / off[n]["p50_ms"]} for n in args.levels}
@@ -468,6 +493,25 @@ def print_client_check(result: dict) -> None:
     console.print(table)
 
 
+def print_workers_check(result: dict) -> None:
+    """The default gateway as one process and as several, measured in the same rounds."""
+    check = result["workers_check"]
+    if not check:
+        return
+    table = Table(title=f"{result['imgsz']} px, default decode: one gateway process or "
+                        f"{check['workers']} (uvicorn workers, one Triton)")
+    for column in ("gateway", "c", "images/s", "p50 ms", "x in-process throughput",
+                   "p50 / in-process", "errors"):
+        table.add_column(column, justify="left" if column == "gateway" else "right")
+    for n in sorted(check["levels"]):
+        for label, g in (("1 process", result["gateway"]["on"][n]),
+                         (f"{check['workers']} processes", check["levels"][n])):
+            table.add_row(label, str(n), f"{g['images_per_s']:.1f}", f"{g['p50_ms']:.2f}",
+                          f"{g['vs_in_process_throughput']:.2f}",
+                          f"{g['p50_vs_in_process']:.2f}", str(g["errors"]))
+    console.print(table)
+
+
 def print_profile(result: dict) -> None:
     profile = result["profile"]
     if not profile:
@@ -521,6 +565,9 @@ def main() -> None:
     parser.add_argument("--weights", default="yolov8n.yaml")
     parser.add_argument("--runtime", default="openvino", choices=["openvino", "onnxruntime"])
     parser.add_argument("--threads", type=int, default=2, help="the model's intra-op threads")
+    parser.add_argument("--workers-check", type=int, default=2,
+                        help="also measure the default gateway with this many worker processes "
+                             "(0 or 1: not)")
     parser.add_argument("--client", default="keepalive", choices=CLIENTS,
                         help="the load generator (the other one is measured at c=1 beside it)")
     parser.add_argument("--image", type=Path,
@@ -539,6 +586,7 @@ def main() -> None:
         result = measure_size(args, size, image)
         print_size(result)
         print_client_check(result)
+        print_workers_check(result)
         print_profile(result)
         results["sizes"].append(result)
     print_targets(results["sizes"])
