@@ -25,6 +25,19 @@ def ultralytics_assets() -> Path:
     return Path(ultralytics.__file__).parent / "assets"
 
 
+def start_own_triton(supervisor, settings, models: list[str] | None = None):
+    """A Triton of a test's own under `supervisor`, started as `up` starts one: its python
+    backend's shared-memory regions are named for it and removed when it exits, is stopped or
+    is killed. With Triton's default names, one killed (say, past the supervisor's SIGTERM
+    grace on a loaded machine) left its 16 MiB region in /dev/shm for good."""
+    from control_plane.stack import triton_server
+
+    prefix = triton_server.shm_prefix(settings)
+    return supervisor.start("triton", triton_server.command(settings, models, prefix),
+                            triton_server.server_environment(),
+                            on_exit=lambda _child: triton_server.remove_shm_regions(prefix))
+
+
 def free_ports(n: int) -> list[int]:
     socks, ports = [], []
     for _ in range(n):

@@ -17,7 +17,7 @@ from PIL import Image
 
 from control_plane.stack import triton_server
 from control_plane.stack.supervisor import Supervisor
-from tests.conftest import free_ports, gateway_process
+from tests.conftest import free_ports, gateway_process, start_own_triton
 from tracker_service.app import create_app
 from tracker_service.settings import GatewaySettings
 
@@ -198,8 +198,7 @@ def own_triton(seeded_repo, tmp_path):
     supervisor = Supervisor(tmp_path / "logs")
 
     def start():
-        child = supervisor.start("triton", triton_server.command(settings),
-                                 triton_server.server_environment())
+        child = start_own_triton(supervisor, settings)
         triton_server.wait_ready(settings, child.proc, 120, model="detector")
 
     yield settings, supervisor, start
