@@ -55,6 +55,25 @@ def percentiles(latencies: list[float]) -> dict[str, float]:
             "p99_ms": float(np.percentile(arr, 99))}
 
 
+class _Response:
+    """One response as httptools parses it (the parser calls these methods)."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.parts: list[bytes] = []
+        self.done = self.keep_alive = False
+
+    def on_headers_complete(self) -> None:
+        # Asked here: once the message completes, llhttp answers False.
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def on_body(self, chunk: bytes) -> None:
+        self.parts.append(chunk)
+
+    def on_message_complete(self) -> None:
+        self.done = True
+
+
 class KeepAliveClient:
     """One HTTP/1.1 keep-alive connection, responses parsed by httptools (the C parser uvicorn
     itself uses). The load generator for the gateway benches: httpx's AsyncClient spends
@@ -69,46 +88,30 @@ class KeepAliveClient:
         self._writer: asyncio.StreamWriter | None = None
 
     async def post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
-        """(status, body); reconnects once if the server closed the idle connection."""
-        head = (f"POST {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
-                f"content-type: {content_type}\r\ncontent-length: {len(body)}\r\n\r\n")
-        for attempt in (0, 1):
-            if self._writer is None:
-                self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
-            try:
-                self._writer.write(head.encode() + body)
-                await self._writer.drain()
-                return await self._response()
-            except (ConnectionError, httptools.HttpParserError, asyncio.IncompleteReadError):
-                await self.close()
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+        """(status, body); once more on a new connection if the server closed the idle one."""
+        request = (f"POST {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
+                   f"content-type: {content_type}\r\ncontent-length: {len(body)}\r\n\r\n"
+                   ).encode() + body
+        try:
+            return await self._exchange(request)
+        except (ConnectionError, httptools.HttpParserError, asyncio.IncompleteReadError):
+            await self.close()
+        return await self._exchange(request)
 
-    async def _response(self) -> tuple[int, bytes]:
-        parts: list[bytes] = []
-        state = {"done": False, "keep_alive": False}
-
-        class Callbacks:
-            def on_headers_complete(self) -> None:
-                # llhttp answers this only until the message completes
-                state["keep_alive"] = parser.should_keep_alive()
-
-            def on_body(self, chunk: bytes) -> None:
-                parts.append(chunk)
-
-            def on_message_complete(self) -> None:
-                state["done"] = True
-
-        parser = httptools.HttpResponseParser(Callbacks())
-        while not state["done"]:
+    async def _exchange(self, request: bytes) -> tuple[int, bytes]:
+        if self._writer is None:
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        self._writer.write(request)
+        await self._writer.drain()
+        response = _Response()
+        while not response.done:
             data = await self._reader.read(65536)
             if not data:
                 raise asyncio.IncompleteReadError(b"", None)
-            parser.feed_data(data)
-        if not state["keep_alive"]:
+            response.parser.feed_data(data)
+        if not response.keep_alive:
             await self.close()
-        return parser.get_status_code(), b"".join(parts)
+        return response.parser.get_status_code(), b"".join(response.parts)
 
     async def close(self) -> None:
         if self._writer is not None:

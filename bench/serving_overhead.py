@@ -206,7 +206,7 @@ def decode_env(on: bool) -> dict[str, str]:
 
 def start_second_gateway(settings: Settings, supervisor: Supervisor,
                          tokens: dict[str, str], workers: int = 1,
-                         name: str = "gateway-reduced") -> str:
+                         name: str = "gateway-defaults") -> str:
     """Another gateway beside `up`'s, the same in all but its JPEG decode: the defaults; with
     `workers` > 1, that many uvicorn worker processes on one port, each with its own shared
     memory regions registered in the same Triton."""
@@ -360,7 +360,7 @@ def measure_size(args, imgsz: int, image: bytes) -> dict:
             if args.profile_s > 0:
                 with console.status(f"profiling the default-decode gateway at c=1 ({imgsz} px)"):
                     pid = next(c.proc.pid for c in supervisor.children
-                               if c.name == "gateway-reduced")
+                               if c.name == "gateway-defaults")
                     profile = profile_gateway(pid, urls["on"], image, args.profile_s,
                                               args.client)
     base = inproc["off"]  # the model + NMS, whichever the decode
