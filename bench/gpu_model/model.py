@@ -180,7 +180,7 @@ class TritonPythonModel:
                                self.max_nms)
             raws = raw.float().cpu().numpy() if any(want_raw) else None
         responses, start = [], 0
-        for n, wants in zip(sizes, want_raw):
+        for request, n, wants in zip(requests, sizes, want_raw):
             mine = dets[start:start + n]
             k = max((d.shape[0] for d in mine), default=0)
             out = np.zeros((n, k, 6), np.float32)
@@ -188,9 +188,15 @@ class TritonPythonModel:
                 out[i, : d.shape[0]] = d
             counts = np.array([[d.shape[0]] for d in mine], np.int32)
             raw_out = raws[start:start + n] if wants else np.zeros((n, 0, 0), np.float32)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("detections", out), pb_utils.Tensor("num_detections", counts),
-                pb_utils.Tensor("raw", np.ascontiguousarray(raw_out, np.float32))]))
+            tensors = [pb_utils.Tensor("detections", out),
+                       pb_utils.Tensor("num_detections", counts),
+                       pb_utils.Tensor("raw", np.ascontiguousarray(raw_out, np.float32))]
+            # Only the requested outputs: the GPU machine's Python 3.12 stub (Triton 2.48 from
+            # nvidia-pytriton 0.5.10) hangs the instance for good when a response carries one
+            # that was not requested, as the gateway's (detections, num_detections) were.
+            requested = set(request.requested_output_names())
+            responses.append(pb_utils.InferenceResponse(
+                output_tensors=[t for t in tensors if t.name() in requested]))
             start += n
         return responses
 

@@ -249,12 +249,17 @@ class TritonPythonModel:
             for i, d in enumerate(dets):
                 out[i, : d.shape[0]] = d
             counts = np.array([[d.shape[0]] for d in dets], np.int32)
+            requested = set(request.requested_output_names())
             outputs = [pb_utils.Tensor("detections", out),
                        pb_utils.Tensor("num_detections", counts)]
-            if not self.postprocess_only:
+            if not self.postprocess_only and "raw" in requested:
                 raw_out = raw if bool(np.any(want_raw)) else np.zeros((n, 0, 0), np.float32)
                 outputs.append(pb_utils.Tensor("raw", np.ascontiguousarray(raw_out, np.float32)))
-            responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
+            # Only what the request asked for (every output when it named none): the Python
+            # 3.12 stub of Triton 2.48 (nvidia-pytriton 0.5.10) hangs the instance for good when
+            # a response carries an output that was not requested (the 3.11 stub drops it).
+            responses.append(pb_utils.InferenceResponse(
+                output_tensors=[t for t in outputs if t.name() in requested]))
         return responses
 
     def finalize(self) -> None:
