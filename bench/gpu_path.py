@@ -808,11 +808,8 @@ def run(plan: Plan, deadline: Deadline, runtime: Runtime, out_dir: Path) -> dict
             if missing:
                 raise RuntimeError(f"the python backend stub cannot start: {missing} not found "
                                    f"(LD_LIBRARY_PATH={triton_env.get('LD_LIBRARY_PATH')})")
-            prefix = triton_server.shm_prefix(settings)
             with Supervisor(work / "logs") as supervisor:
-                triton = supervisor.start(
-                    "triton", triton_server.command(settings, [MODEL_NAME], prefix), triton_env,
-                    on_exit=lambda _child: triton_server.remove_shm_regions(prefix))
+                triton = triton_server.start(supervisor, settings, [MODEL_NAME], env=triton_env)
                 gateway = start_gateway(supervisor, settings, plan, runtime)
                 try:
                     triton_server.wait_ready(settings, triton.proc, max(deadline.left() - 30, 5),

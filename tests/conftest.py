@@ -25,20 +25,6 @@ def ultralytics_assets() -> Path:
     return Path(ultralytics.__file__).parent / "assets"
 
 
-def start_own_triton(supervisor, settings, models: list[str] | None = None,
-                     name: str = "triton"):
-    """A Triton of a test's own under `supervisor`, started as `up` starts one: its python
-    backend's shared-memory regions are named for it and removed when it exits, is stopped or
-    is killed. With Triton's default names, test_promotion's second Triton left a 16 MiB
-    region in /dev/shm on every suite run (found by watching /dev/shm during one)."""
-    from control_plane.stack import triton_server
-
-    prefix = triton_server.shm_prefix(settings)
-    return supervisor.start(name, triton_server.command(settings, models, prefix),
-                            triton_server.server_environment(),
-                            on_exit=lambda _child: triton_server.remove_shm_regions(prefix))
-
-
 def free_ports(n: int) -> list[int]:
     socks, ports = [], []
     for _ in range(n):

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import signal
 import struct
 import time
 import zlib
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,7 +20,7 @@ from PIL import Image
 
 from control_plane.stack import triton_server
 from control_plane.stack.supervisor import Supervisor
-from tests.conftest import free_ports, gateway_process, start_own_triton
+from tests.conftest import free_ports, gateway_process
 from tracker_service.app import create_app
 from tracker_service.settings import GatewaySettings
 
@@ -198,8 +201,9 @@ def own_triton(seeded_repo, tmp_path):
     supervisor = Supervisor(tmp_path / "logs")
 
     def start():
-        child = start_own_triton(supervisor, settings)
+        child = triton_server.start(supervisor, settings)
         triton_server.wait_ready(settings, child.proc, 120, model="detector")
+        return child
 
     yield settings, supervisor, start
     supervisor.stop()
@@ -230,6 +234,22 @@ async def test_triton_outage_gives_503_then_recovers_without_restart(own_triton,
         regions = httpx.get(f"{settings.triton_http_url}/v2/systemsharedmemory/status").json()
         # With shared memory on, the restarted Triton was given the regions again.
         assert bool(regions) == shared_memory
+
+
+def test_a_killed_tritons_shared_memory_is_removed(own_triton):
+    """triton_server.start names the python backend's regions for its Triton: a Triton killed
+    outright with its stubs leaves them in /dev/shm (16 MiB each), and the supervisor removes
+    them, only them, once the process group is gone."""
+    settings, supervisor, start = own_triton
+    child = start()
+    prefix = triton_server.shm_prefix(settings)
+    regions = sorted(p.name for p in Path("/dev/shm").glob(f"{prefix}*"))
+    assert regions, f"no region named {prefix}* while Triton serves"
+    os.killpg(child.proc.pid, signal.SIGKILL)
+    child.proc.wait(timeout=30)
+    assert all((Path("/dev/shm") / name).exists() for name in regions)  # nobody cleaned up
+    supervisor.stop()
+    assert not list(Path("/dev/shm").glob(f"{prefix}*"))
 
 
 def test_detector_runs_on_openvino_in_the_stack(stack):

@@ -26,7 +26,7 @@ from ultralytics.utils.nms import non_max_suppression
 
 from export.onnx_export import load_yolo
 from export.triton_repo import REPO_TEMPLATES
-from tests.conftest import start_own_triton, ultralytics_assets
+from tests.conftest import ultralytics_assets
 from tracker_service.letterbox import letterbox
 
 
@@ -94,7 +94,7 @@ def test_onnxruntime_runtime_matches_too(tmp_path):
     bgr = cv2.imread(str(ultralytics_assets() / "bus.jpg"))
     rgb, _ = letterbox(bgr, 640, 32)
     with Supervisor(tmp_path / "logs") as supervisor:
-        child = start_own_triton(supervisor, settings)
+        child = triton_server.start(supervisor, settings)
         triton_server.wait_ready(settings, child.proc, 120, model="detector")
         served = triton_raw(settings, rgb)
     reference = ultralytics_raw(bgr)

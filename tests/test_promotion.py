@@ -467,7 +467,7 @@ def test_promotion_loads_into_every_triton(release, trained_checkpoint, tmp_path
     moves: a second Triton on the same repository gets the canary too, and loses it again."""
     from control_plane.stack import triton_server
     from control_plane.stack.supervisor import Supervisor
-    from tests.conftest import free_ports, start_own_triton
+    from tests.conftest import free_ports
 
     http, grpc, metrics = free_ports(3)
     second = replace(release.settings, triton_http_port=http, triton_grpc_port=grpc,
@@ -476,7 +476,7 @@ def test_promotion_loads_into_every_triton(release, trained_checkpoint, tmp_path
                       if v.tags.get("status") == "rolled_back"), None) or \
         release.registry.register(trained_checkpoint, actor="test", eval_data=release.eval_data).version
     with Supervisor(tmp_path) as supervisor:
-        child = start_own_triton(supervisor, second, name="triton2")
+        child = triton_server.start(supervisor, second, name="triton2")
         triton_server.wait_ready(second, child.proc, 120, model="detector")
         hosts = (f"127.0.0.1:{release.settings.triton_http_port},"
                  f"127.0.0.1:{release.settings.triton_http_port},127.0.0.1:{http}")

@@ -26,7 +26,7 @@ from control_plane.stack import triton_server
 from control_plane.stack.supervisor import Supervisor, tail
 from control_plane.settings import Settings
 from export.reid import MODEL_PY, export_reid_onnx, export_reid_to_repository
-from tests.conftest import free_ports, start_own_triton
+from tests.conftest import free_ports
 from tracker_service.errors import ModelNotFound, TritonUnavailable
 from tracker_service.reid_client import TritonEmbedder, crop_boxes
 
@@ -226,7 +226,7 @@ def reid_triton(reid_repo, tmp_path_factory):
     settings = Settings(model_repository=reid_repo, runtime_dir=runtime, triton_http_port=http,
                         triton_grpc_port=grpc, triton_metrics_port=metrics)
     supervisor = Supervisor(runtime / "logs")
-    child = start_own_triton(supervisor, settings, models=["reid"])
+    child = triton_server.start(supervisor, settings, models=["reid"])
     try:
         triton_server.wait_ready(settings, child.proc, 120, model="reid")
     except (RuntimeError, TimeoutError) as exc:

@@ -15,9 +15,13 @@ import subprocess
 import sys
 import sysconfig
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from control_plane.stack.supervisor import wait_http_ok
 from control_plane.settings import Settings
+
+if TYPE_CHECKING:
+    from control_plane.stack.supervisor import Child, Supervisor
 
 
 class TritonNotFound(RuntimeError):
@@ -115,6 +119,23 @@ def remove_shm_regions(prefix: str, shm_dir: Path = Path("/dev/shm")) -> list[st
         except OSError:
             pass
     return removed
+
+
+def start(supervisor: Supervisor, settings: Settings,
+          models: list[str] | Callable[[], list[str]] | None = None, *,
+          env: dict[str, str] | None = None, name: str = "triton") -> Child:
+    """Triton under `supervisor`, its python backend's shared-memory regions named for it
+    (`shm_prefix`) and removed when it exits, is stopped or is killed: with Triton's default
+    names a killed Triton's regions stay in /dev/shm, 16 MiB each. `models`: what to load
+    (default the detector), or a callable asked again at each (re)start; `env` defaults to
+    `server_environment()`."""
+    prefix = shm_prefix(settings)
+
+    def argv() -> list[str]:
+        return command(settings, models() if callable(models) else models, prefix)
+
+    return supervisor.start(name, argv, server_environment() if env is None else env,
+                            on_exit=lambda _child: remove_shm_regions(prefix))
 
 
 def command(settings: Settings, models: list[str] | None = None,

@@ -312,12 +312,8 @@ def start_triton(settings: Settings, supervisor: Supervisor) -> None:
     from control_plane.stack import triton_server
     from control_plane.stack.supervisor import tail, wait_http_ok
 
-    prefix = triton_server.shm_prefix(settings)
-    triton = supervisor.start(
-        "triton",
-        lambda: triton_server.command(settings, triton_server.served_models(settings), prefix),
-        triton_server.server_environment(),
-        on_exit=lambda _child: triton_server.remove_shm_regions(prefix))
+    triton = triton_server.start(supervisor, settings,
+                                 lambda: triton_server.served_models(settings))
     try:
         triton_server.wait_ready(settings, triton.proc, settings.startup_timeout_s,
                                  model=settings.model_name)
